@@ -1,0 +1,377 @@
+"""The registry: one flat table per kind of part, filled by decorators and by plugins.
+
+Kinds are ``backbone``, ``transformer`` (a *spatial* transformation model), ``loss``, ``metric``,
+``model`` and ``dataset``. An entry is registered by decorating the function or class that builds
+it, in the spirit of timm::
+
+    @register_model("voxelmorph", summary="...", paper=VXM_2019, tags=("2d", "3d"))
+    def voxelmorph(ndim: int = 2, enc_features=(16, 32, 32, 32), ...) -> nn.Module: ...
+
+The entry *is* the recipe: its default configuration is the builder's keyword defaults (or an
+explicit dataclass), held as an OmegaConf structured config so that unknown keys and wrong types
+are rejected when a user overrides them.
+
+Plugins are distributions that expose the entry-point group ``regzoo.plugins``; the entry point
+names a module whose import registers its entries. Discovery is lazy: nothing is imported until a
+registry is first queried, and a plugin that raises on import is recorded (see :func:`plugins`)
+while everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import importlib
+import inspect
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError, UnknownNameError
+
+__all__ = [
+    "KINDS",
+    "Paper",
+    "Entry",
+    "PluginStatus",
+    "Registry",
+    "registry",
+    "register",
+    "register_backbone",
+    "register_transformer",
+    "register_loss",
+    "register_metric",
+    "register_model",
+    "register_dataset",
+    "build",
+    "get_entry",
+    "list_entries",
+    "list_models",
+    "create_model",
+    "plugins",
+]
+
+KINDS: tuple[str, ...] = ("backbone", "transformer", "loss", "metric", "model", "dataset")
+
+# Core modules whose import registers core's own entries.
+_CORE_MODULES: tuple[str, ...] = (
+    "regzoo.spatial.transformers",
+    "regzoo.losses",
+    "regzoo.metrics",
+    "regzoo.nn",
+    "regzoo.data",
+)
+ENTRY_POINT_GROUP = "regzoo.plugins"
+
+
+@dataclass(frozen=True)
+class Paper:
+    """Where a method was published: authors, title, venue, year and a DOI or URL."""
+
+    authors: str
+    title: str
+    venue: str
+    year: int
+    url: str = ""
+
+    def __str__(self) -> str:
+        link = f" {self.url}" if self.url else ""
+        return f"{self.authors}. {self.title}. {self.venue}, {self.year}.{link}"
+
+
+@dataclass
+class Entry:
+    """One registered part: its builder, one-line summary, paper, tags and default config."""
+
+    kind: str
+    name: str
+    builder: Callable[..., Any]
+    summary: str
+    paper: Paper | None = None
+    tags: tuple[str, ...] = ()
+    config: type | None = None
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    plugin: str = "regzoo"
+
+    def default_config(self) -> DictConfig:
+        """The default configuration as a structured (key- and type-checked) OmegaConf node."""
+        return OmegaConf.structured(self.config) if self.config is not None else OmegaConf.create()
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """Spatial dimensionalities the entry claims through its ``2d``/``3d`` tags."""
+        return tuple(d for d in (2, 3) if f"{d}d" in self.tags)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (used by ``regzoo list/info --json``)."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "summary": self.summary,
+            "paper": dataclasses.asdict(self.paper) if self.paper else None,
+            "tags": list(self.tags),
+            "plugin": self.plugin,
+            "config": OmegaConf.to_container(self.default_config(), resolve=True),
+            "presets": {k: dict(v) for k, v in self.presets.items()},
+        }
+
+
+@dataclass
+class PluginStatus:
+    """What loading one ``regzoo.plugins`` entry point did."""
+
+    name: str
+    module: str
+    distribution: str
+    version: str
+    entries: list[str] = field(default_factory=list)
+    error: str | None = None
+    traceback: str | None = None
+
+
+def _config_from_signature(builder: Callable[..., Any], name: str) -> type:
+    """A dataclass whose fields are the builder's keyword parameters with their defaults.
+
+    Parameters without a default are required (``???`` in OmegaConf) and must be supplied when the
+    entry is built. Unannotated or complex annotations become ``Any``; tuples become lists.
+    """
+    target = builder.__init__ if inspect.isclass(builder) else builder
+    fields = []
+    for p in list(inspect.signature(target).parameters.values()):
+        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = p.default
+        if isinstance(default, tuple):
+            default = list(default)
+        if default is inspect.Parameter.empty:
+            fields.append((p.name, Any, field(default="???")))
+        elif isinstance(default, (list, dict)):
+            fields.append((p.name, Any, field(default_factory=lambda d=default: d)))
+        else:
+            fields.append((p.name, Any, field(default=default)))
+    cls_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Config"
+    return dataclasses.make_dataclass(cls_name, fields)
+
+
+class Registry:
+    """The entries of one kind, by name."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(
+        self,
+        name: str,
+        *,
+        summary: str,
+        paper: Paper | None = None,
+        tags: Iterable[str] = (),
+        config: type | None = None,
+        presets: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator that registers a builder (function or class) under ``name``.
+
+        Args:
+            name: lowercase with dashes, unique within the kind.
+            summary: one line for ``regzoo list``.
+            paper: the publication the entry implements.
+            tags: e.g. ``("2d", "3d", "diffeomorphic")``.
+            config: a dataclass of the builder's keyword arguments; by default derived from the
+                builder's signature.
+            presets: run presets (``quick``, ``paper``), each a nested mapping of overrides of
+                the ``train``/``data``/``eval``/``model`` sections.
+        """
+        if name != name.lower() or " " in name or "_" in name:
+            raise ValueError(f"registry names are lowercase with dashes, got {name!r}")
+
+        def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
+            old = self._entries.get(name)
+            if old is not None and _qualname(old.builder) != _qualname(builder):
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered by {_qualname(old.builder)}"
+                )
+            self._entries[name] = Entry(
+                kind=self.kind,
+                name=name,
+                builder=builder,
+                summary=summary,
+                paper=paper,
+                tags=tuple(tags),
+                config=config or _config_from_signature(builder, name),
+                presets=dict(presets or {}),
+                plugin=_loading.plugin or "regzoo",
+            )
+            if _loading.status is not None:
+                _loading.status.entries.append(f"{self.kind}:{name}")
+            return builder
+
+        return decorator
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Sorted names matching a glob ``pattern`` (``"transmorph*"``)."""
+        _ensure_loaded()
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def get(self, name: str) -> Entry:
+        """The entry registered as ``name``; the error lists what *is* registered."""
+        _ensure_loaded()
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._entries), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}{hint}; registered: {known}"
+            ) from None
+
+    def config(self, name: str, overrides: Mapping[str, Any] | None = None) -> DictConfig:
+        """The default config of ``name`` with ``overrides`` merged in (keys and types checked)."""
+        entry = self.get(name)
+        cfg = entry.default_config()
+        if overrides:
+            try:
+                cfg = OmegaConf.merge(cfg, overrides)
+            except OmegaConfBaseException as err:
+                raise ConfigError(f"{self.kind} {name!r}: {_one_line(err)}") from None
+        return cfg
+
+    def build(self, config: str | Mapping[str, Any] | DictConfig, **overrides: Any) -> Any:
+        """Build from a name or a config holding ``name`` plus any keys of the entry's config."""
+        if isinstance(config, str):
+            config = {"name": config}
+        config = dict(OmegaConf.to_container(config, resolve=True)) if isinstance(
+            config, DictConfig
+        ) else dict(config)
+        config.update(overrides)
+        if "name" not in config:
+            raise ConfigError(f"a {self.kind} config needs a 'name' key, got {sorted(config)}")
+        name = config.pop("name")
+        cfg = self.config(name, config)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{self.kind} {name!r} needs a value for {', '.join(missing)}")
+        kwargs = OmegaConf.to_container(cfg, resolve=True)
+        return self.get(name).builder(**kwargs)
+
+    def __contains__(self, name: str) -> bool:
+        _ensure_loaded()
+        return name in self._entries
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+_REGISTRIES: dict[str, Registry] = {kind: Registry(kind) for kind in KINDS}
+_PLUGINS: dict[str, PluginStatus] = {}
+
+
+class _LoadingState(threading.local):
+    plugin: str | None = None
+    status: PluginStatus | None = None
+
+
+_loading = _LoadingState()
+_loaded = False
+_lock = threading.RLock()
+
+
+def _ensure_loaded() -> None:
+    """Import core's entries and every installed plugin, once."""
+    global _loaded
+    if _loaded:
+        return
+    with _lock:
+        if _loaded:
+            return
+        _loaded = True
+        for module in _CORE_MODULES:
+            importlib.import_module(module)
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            _load_plugin(ep)
+
+
+def _load_plugin(ep: Any) -> None:
+    dist = getattr(ep, "dist", None)
+    status = PluginStatus(
+        name=ep.name,
+        module=ep.value,
+        distribution=dist.name if dist is not None else "?",
+        version=dist.version if dist is not None else "?",
+    )
+    _PLUGINS[ep.name] = status
+    _loading.plugin, _loading.status = status.distribution, status
+    try:
+        ep.load()
+    except Exception as err:  # a broken plugin must never break the others
+        status.error = f"{type(err).__name__}: {_one_line(err)}"
+        status.traceback = traceback.format_exc()
+    finally:
+        _loading.plugin, _loading.status = None, None
+
+
+def registry(kind: str) -> Registry:
+    """The registry of one kind."""
+    try:
+        return _REGISTRIES[kind]
+    except KeyError:
+        raise UnknownNameError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}") from None
+
+
+def register(kind: str, name: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a builder of ``kind`` as ``name``; see :meth:`Registry.register`."""
+    return registry(kind).register(name, **meta)
+
+
+register_backbone = _REGISTRIES["backbone"].register
+register_transformer = _REGISTRIES["transformer"].register
+register_loss = _REGISTRIES["loss"].register
+register_metric = _REGISTRIES["metric"].register
+register_model = _REGISTRIES["model"].register
+register_dataset = _REGISTRIES["dataset"].register
+
+
+def build(kind: str, config: str | Mapping[str, Any] | DictConfig, **overrides: Any) -> Any:
+    """Build a part from its config: ``build("loss", {"name": "lncc", "window": 9})``."""
+    return registry(kind).build(config, **overrides)
+
+
+def get_entry(kind: str, name: str) -> Entry:
+    """The entry of ``kind`` registered as ``name``."""
+    return registry(kind).get(name)
+
+
+def list_entries(pattern: str = "*", kind: str | None = None) -> dict[str, list[str]]:
+    """Names matching ``pattern``, keyed by kind (all kinds unless ``kind`` is given)."""
+    kinds = [kind] if kind else list(KINDS)
+    return {k: registry(k).names(pattern) for k in kinds}
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a glob pattern, e.g. ``list_models("voxelmorph*")``."""
+    return registry("model").names(pattern)
+
+
+def create_model(name: str, **overrides: Any) -> Any:
+    """Build the model ``name`` from its default config with keyword ``overrides``."""
+    return registry("model").build(name, **overrides)
+
+
+def plugins() -> list[PluginStatus]:
+    """Every ``regzoo.plugins`` entry point found, with what it registered or why it failed."""
+    _ensure_loaded()
+    return sorted(_PLUGINS.values(), key=lambda p: p.name)

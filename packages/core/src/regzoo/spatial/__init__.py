@@ -1,0 +1,39 @@
+"""Spatial transforms (METHODS.md B1-B6): warping, integration, composition, affine, B-spline.
+
+Fields are ``(B, ndim, *spatial)`` displacements in voxel units; ``warped[x] = moving[x + ddf[x]]``.
+"""
+
+from .affine import affine_from_normalised, affine_to_ddf, affine_to_normalised, affine_to_physical
+from .bspline import bspline_kernel, bspline_to_ddf, control_grid_shape
+from .fields import (
+    compose,
+    integrate_velocity,
+    invert,
+    jacobian_determinant,
+    jacobian_matrix,
+    resize_field,
+)
+from .grid import identity_grid, spatial_shape
+from .warp import one_hot, sampling_grid, warp, warp_labels
+
+__all__ = [
+    "warp",
+    "warp_labels",
+    "one_hot",
+    "sampling_grid",
+    "identity_grid",
+    "spatial_shape",
+    "integrate_velocity",
+    "compose",
+    "resize_field",
+    "invert",
+    "jacobian_determinant",
+    "jacobian_matrix",
+    "affine_to_ddf",
+    "affine_to_normalised",
+    "affine_from_normalised",
+    "affine_to_physical",
+    "bspline_kernel",
+    "bspline_to_ddf",
+    "control_grid_shape",
+]

@@ -1,0 +1,69 @@
+"""Affine transforms as ``(B, ndim, ndim + 1)`` matrices on centred voxel coordinates (METHODS.md B5).
+
+A point ``p`` (voxel indices) is centred as ``x = p - c`` with ``c = (size - 1) / 2``; the affine
+maps it to ``A x + b``. The dense displacement is ``(A - I) x + b`` (RCN's convention). Converters
+go to and from ``grid_sample``'s normalised coordinates and to physical (mm) units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .grid import identity_grid
+
+__all__ = ["affine_to_ddf", "affine_to_normalised", "affine_from_normalised", "affine_to_physical"]
+
+
+def _centred_grid(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    grid = identity_grid(shape, device, dtype)
+    centre = torch.tensor([(s - 1) / 2 for s in shape], device=device, dtype=dtype)
+    return grid - centre.view(1, -1, *([1] * len(shape)))
+
+
+def affine_to_ddf(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Dense displacement ``(B, ndim, *shape)`` of affine matrices ``theta`` ``(B, ndim, ndim+1)``."""
+    ndim = theta.shape[1]
+    if theta.shape[1:] != (ndim, ndim + 1) or ndim != len(shape):
+        raise ValueError(f"theta must be (B, {len(shape)}, {len(shape) + 1}), got {tuple(theta.shape)}")
+    x = _centred_grid(shape, theta.device, theta.dtype).flatten(2)  # (1, ndim, N)
+    a = theta[:, :, :ndim] - torch.eye(ndim, device=theta.device, dtype=theta.dtype)
+    ddf = a @ x + theta[:, :, ndim:]
+    return ddf.view(theta.shape[0], ndim, *shape)
+
+
+def _scale(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([2.0 / max(s - 1, 1) for s in shape], device=like.device, dtype=like.dtype)
+
+
+def affine_to_normalised(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The same transform as a ``torch.nn.functional.affine_grid`` matrix (``align_corners=True``).
+
+    ``affine_grid`` maps output to input coordinates in ``[-1, 1]`` with axes in (x, y, z) =
+    reversed order; with ``n = S x`` (``S = 2 / (size - 1)``), ``A_n = S A S^-1`` and ``b_n = S b``.
+    """
+    ndim = theta.shape[1]
+    s = _scale(shape, theta)
+    a = theta[:, :, :ndim] * s.view(1, -1, 1) / s.view(1, 1, -1)
+    b = theta[:, :, ndim:] * s.view(1, -1, 1)
+    out = torch.cat([a, b], dim=2)
+    return out.flip(1)[:, :, list(range(ndim))[::-1] + [ndim]]
+
+
+def affine_from_normalised(theta_n: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`affine_to_normalised`."""
+    ndim = theta_n.shape[1]
+    t = theta_n.flip(1)[:, :, list(range(ndim))[::-1] + [ndim]]
+    s = _scale(shape, theta_n)
+    a = t[:, :, :ndim] / s.view(1, -1, 1) * s.view(1, 1, -1)
+    b = t[:, :, ndim:] / s.view(1, -1, 1)
+    return torch.cat([a, b], dim=2)
+
+
+def affine_to_physical(theta: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """The transform in centred millimetre coordinates: ``A_mm = P A P^-1``, ``b_mm = P b``."""
+    ndim = theta.shape[1]
+    p = torch.tensor(list(spacing), device=theta.device, dtype=theta.dtype)
+    a = theta[:, :, :ndim] * p.view(1, -1, 1) / p.view(1, 1, -1)
+    return torch.cat([a, theta[:, :, ndim:] * p.view(1, -1, 1)], dim=2)

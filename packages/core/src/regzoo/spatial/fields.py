@@ -1,0 +1,116 @@
+"""Operations on displacement fields: integration, composition, resizing, inversion, Jacobian.
+
+All fields are ``(B, ndim, *spatial)`` in voxel units (METHODS.md B2-B4, DESIGN.md conventions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .warp import warp
+
+__all__ = [
+    "integrate_velocity",
+    "compose",
+    "resize_field",
+    "invert",
+    "jacobian_determinant",
+    "jacobian_matrix",
+]
+
+
+def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
+    """exp(v) by scaling and squaring (Arsigny et al. 2006; VoxelMorph's ``VecInt``).
+
+    ``v`` is divided by ``2**steps`` and composed with itself ``steps`` times:
+    ``u <- u + warp(u, u)``. ``steps=0`` returns ``v`` unchanged (a plain displacement).
+
+    Args:
+        velocity: stationary velocity field ``(B, ndim, *spatial)``, voxel units.
+        steps: number of squarings (7 by default, as VoxelMorph).
+    Returns:
+        The displacement of the diffeomorphism, same shape.
+    """
+    if steps <= 0:
+        return velocity
+    u = velocity / (2**steps)
+    for _ in range(steps):
+        u = u + warp(u, u)
+    return u
+
+
+def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The field that applies ``first`` and then ``second`` to the already-warped image.
+
+    ``warp(warp(m, first), second) ~= warp(m, compose(first, second))`` with
+    ``compose = second + warp(first, second)`` (METHODS.md B4; RCN aggregates cascades this way).
+    """
+    return second + warp(first, second)
+
+
+def resize_field(ddf: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resample a field to ``size`` and rescale its values into the new voxel units.
+
+    With voxel centres at integer indices (``align_corners=True``), axis i scales by
+    ``(size_i - 1) / (old_i - 1)``.
+    """
+    old = ddf.shape[2:]
+    size = tuple(int(s) for s in size)
+    if tuple(old) == size:
+        return ddf
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    out = F.interpolate(ddf, size=size, mode=mode, align_corners=True)
+    factors = torch.tensor(
+        [(n - 1) / max(o - 1, 1) for n, o in zip(size, old)], device=ddf.device, dtype=ddf.dtype
+    )
+    return out * factors.view(1, -1, *([1] * len(size)))
+
+
+def invert(ddf: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+    """Approximate inverse by fixed-point iteration ``v <- -warp(u, v)`` (Chen et al. 2008).
+
+    Converges for fields whose Jacobian stays well away from zero; for an SVF prefer
+    ``integrate_velocity(-v)``.
+    """
+    inv = -ddf
+    for _ in range(iterations):
+        inv = -warp(ddf, inv)
+    return inv
+
+
+def _central_gradient(ddf: torch.Tensor) -> torch.Tensor:
+    """d u_i / d x_j by central differences, zero-padded at the border: ``(B, ndim, ndim, *S)``."""
+    ndim = ddf.shape[1]
+    grads = []
+    for axis in range(ndim):
+        dim = axis + 2
+        padded = F.pad(ddf, [0, 0] * (ndim - 1 - axis) + [1, 1])
+        hi = padded.narrow(dim, 2, ddf.shape[dim])
+        lo = padded.narrow(dim, 0, ddf.shape[dim])
+        grads.append((hi - lo) * 0.5)
+    return torch.stack(grads, dim=2)
+
+
+def jacobian_matrix(ddf: torch.Tensor) -> torch.Tensor:
+    """The Jacobian ``I + grad u`` of ``x -> x + u(x)``, ``(B, ndim, ndim, *spatial)``.
+
+    Central differences with zero padding outside the image, as the Learn2Reg scorer computes them.
+    """
+    ndim = ddf.shape[1]
+    eye = torch.eye(ndim, device=ddf.device, dtype=ddf.dtype).view(1, ndim, ndim, *([1] * ndim))
+    return _central_gradient(ddf) + eye
+
+
+def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
+    """det(I + grad u) per voxel, ``(B, *spatial)`` (central differences; see :func:`jacobian_matrix`)."""
+    jac = jacobian_matrix(ddf)
+    if ddf.shape[1] == 2:
+        return jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
+    return (
+        jac[:, 0, 0] * (jac[:, 1, 1] * jac[:, 2, 2] - jac[:, 1, 2] * jac[:, 2, 1])
+        - jac[:, 0, 1] * (jac[:, 1, 0] * jac[:, 2, 2] - jac[:, 1, 2] * jac[:, 2, 0])
+        + jac[:, 0, 2] * (jac[:, 1, 0] * jac[:, 2, 1] - jac[:, 1, 1] * jac[:, 2, 0])
+    )

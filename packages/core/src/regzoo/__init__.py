@@ -33,7 +33,7 @@ from .registry import (
     register_metric,
     register_model,
     register_transformer,
-    registry,
+    get_registry,
 )
 
 __version__ = "0.1.0"
@@ -57,7 +57,7 @@ __all__ = [
     "register_metric",
     "register_model",
     "register_transformer",
-    "registry",
+    "get_registry",
     "UserError",
     "UnknownNameError",
     "ConfigError",

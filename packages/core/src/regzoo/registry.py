@@ -42,7 +42,7 @@ __all__ = [
     "Entry",
     "PluginStatus",
     "Registry",
-    "registry",
+    "get_registry",
     "register",
     "register_backbone",
     "register_transformer",
@@ -324,7 +324,7 @@ def _load_plugin(ep: Any) -> None:
         _loading.plugin, _loading.status = None, None
 
 
-def registry(kind: str) -> Registry:
+def get_registry(kind: str) -> Registry:
     """The registry of one kind."""
     try:
         return _REGISTRIES[kind]
@@ -334,7 +334,7 @@ def registry(kind: str) -> Registry:
 
 def register(kind: str, name: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a builder of ``kind`` as ``name``; see :meth:`Registry.register`."""
-    return registry(kind).register(name, **meta)
+    return get_registry(kind).register(name, **meta)
 
 
 register_backbone = _REGISTRIES["backbone"].register
@@ -347,28 +347,28 @@ register_dataset = _REGISTRIES["dataset"].register
 
 def build(kind: str, config: str | Mapping[str, Any] | DictConfig, **overrides: Any) -> Any:
     """Build a part from its config: ``build("loss", {"name": "lncc", "window": 9})``."""
-    return registry(kind).build(config, **overrides)
+    return get_registry(kind).build(config, **overrides)
 
 
 def get_entry(kind: str, name: str) -> Entry:
     """The entry of ``kind`` registered as ``name``."""
-    return registry(kind).get(name)
+    return get_registry(kind).get(name)
 
 
 def list_entries(pattern: str = "*", kind: str | None = None) -> dict[str, list[str]]:
     """Names matching ``pattern``, keyed by kind (all kinds unless ``kind`` is given)."""
     kinds = [kind] if kind else list(KINDS)
-    return {k: registry(k).names(pattern) for k in kinds}
+    return {k: get_registry(k).names(pattern) for k in kinds}
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a glob pattern, e.g. ``list_models("voxelmorph*")``."""
-    return registry("model").names(pattern)
+    return get_registry("model").names(pattern)
 
 
 def create_model(name: str, **overrides: Any) -> Any:
     """Build the model ``name`` from its default config with keyword ``overrides``."""
-    return registry("model").build(name, **overrides)
+    return get_registry("model").build(name, **overrides)
 
 
 def plugins() -> list[PluginStatus]:

@@ -1,1 +1,28 @@
-"""The training and evaluation engine."""
+"""The training and evaluation engine shared by every model."""
+
+from .checkpoint import load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint, versions
+from .evaluate import evaluate, summarize
+from .optim import Optimizers, make_optimizer
+from .runtime import Runtime, autocast, seed_everything, setup_runtime
+from .trainer import Trainer, TrainResult, build_dataset, build_model, train
+
+__all__ = [
+    "Optimizers",
+    "make_optimizer",
+    "Trainer",
+    "TrainResult",
+    "train",
+    "build_model",
+    "build_dataset",
+    "evaluate",
+    "summarize",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "model_from_checkpoint",
+    "versions",
+    "Runtime",
+    "setup_runtime",
+    "seed_everything",
+    "autocast",
+]

@@ -1,0 +1,232 @@
+"""Commands of the ``regzoo`` CLI: list, info, plugins, train, evaluate (register/apply in register.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from omegaconf import OmegaConf
+
+from ..errors import ConfigError, UserError
+from ..registry import KINDS, get_entry, list_entries, plugins
+
+app = typer.Typer(
+    name="regzoo",
+    help="A model zoo for deep-learning image registration.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+Overrides = Annotated[
+    Optional[list[str]], typer.Argument(help="Config overrides key=value, e.g. train.steps=200.", show_default=False)
+]
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@app.command("list")
+def list_command(
+    pattern: Annotated[str, typer.Argument(help="Glob pattern, e.g. 'transmorph*'.")] = "*",
+    kind: Annotated[Optional[str], typer.Option("--kind", help=f"One of: {', '.join(KINDS)}.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List registered models (or parts of another kind) with their summaries."""
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"--kind: unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
+    names = list_entries(pattern, kind or ("model" if not as_json else None))
+    if as_json:
+        _echo_json({k: {n: get_entry(k, n).to_dict() for n in v} for k, v in names.items()})
+        return
+    for k, entries in names.items():
+        if not entries:
+            continue
+        if kind is None and k != "model":
+            continue
+        width = max(len(n) for n in entries)
+        for n in entries:
+            e = get_entry(k, n)
+            tags = f"  [{', '.join(e.tags)}]" if e.tags else ""
+            typer.echo(f"{n:<{width}}  {e.summary}{tags}")
+
+
+def _parameter_counts(name: str) -> dict[str, int]:
+    from ..registry import create_model
+
+    entry = get_entry("model", name)
+    has_ndim = "ndim" in entry.default_config()
+    counts = {}
+    for d in entry.dims or (None,):
+        model = create_model(name, ndim=d) if has_ndim and d else create_model(name)
+        counts[f"{d}d" if d else "default"] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+@app.command("info")
+def info_command(
+    name: Annotated[str, typer.Argument(help="Registered name.")],
+    kind: Annotated[str, typer.Option("--kind", help="Kind of the entry.")] = "model",
+    as_json: JsonOpt = False,
+) -> None:
+    """Summary, paper, tags, default config and (models) parameter counts of an entry."""
+    entry = get_entry(kind, name)
+    info = entry.to_dict()
+    if kind == "model":
+        info["parameters"] = _parameter_counts(name)
+    if as_json:
+        _echo_json(info)
+        return
+    typer.echo(f"{entry.name} ({entry.kind}, from {entry.plugin})\n  {entry.summary}")
+    if entry.paper:
+        typer.echo(f"  paper: {entry.paper}")
+    if entry.tags:
+        typer.echo(f"  tags: {', '.join(entry.tags)}")
+    if kind == "model":
+        typer.echo("  parameters: " + ", ".join(f"{k} {v:,}" for k, v in info["parameters"].items()))
+    if entry.presets:
+        typer.echo(f"  presets: {', '.join(entry.presets)}")
+    typer.echo("  default config:")
+    for line in OmegaConf.to_yaml(entry.default_config()).splitlines():
+        typer.echo(f"    {line}")
+
+
+@app.command("plugins")
+def plugins_command(as_json: JsonOpt = False) -> None:
+    """Installed plugins, what each registered, and the error of any that failed to load."""
+    found = plugins()
+    if as_json:
+        _echo_json([{k: v for k, v in vars(p).items() if k != "traceback"} for p in found])
+        return
+    if not found:
+        typer.echo("no plugins installed")
+    for p in found:
+        status = f"FAILED: {p.error}" if p.error else f"{len(p.entries)} entries"
+        typer.echo(f"{p.name}  {p.distribution} {p.version}  ({p.module})  {status}")
+
+
+def _run_torchrun(nproc: int) -> int:
+    args = [a for a in sys.argv[1:]]
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "regzoo", *cleaned]
+    return subprocess.call(cmd)
+
+
+@app.command("train")
+def train_command(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    overrides: Overrides = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML config file.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/NAME).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Initial weights file.")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes (torchrun shortcut).")] = 1,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a model; ends by evaluating held-out pairs (identity vs trained Dice)."""
+    from ..config import resolve_config
+    from ..engine import train
+    from ..engine.checkpoint import load_checkpoint
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_run_torchrun(nproc))
+    out = out or Path("runs") / name
+    items = list(overrides or [])
+    if weights is not None:
+        items.append(f"train.weights={weights}")
+    if resume:
+        ckpt = load_checkpoint(out / "last.pt")
+        cfg = resolve_config(name, config, items, base=ckpt["config"])
+    else:
+        cfg = resolve_config(name, config, items)
+    result = train(cfg, out, resume=resume, device=device, threads=threads)
+    if result.metrics is None:
+        return
+    if as_json:
+        _echo_json({k: result.metrics[k] for k in ("summary", "identity", "spread")})
+        return
+    _print_summary(result.metrics, f"{len(result.metrics['cases'])} held-out pairs")
+    typer.echo(f"run directory: {out}")
+
+
+def _print_summary(metrics: dict[str, Any], what: str) -> None:
+    s, i = metrics["summary"], metrics["identity"]
+    if "dice" in s:
+        typer.echo(f"Dice ({what}): identity {i['dice']:.3f} -> trained {s['dice']:.3f}")
+    for key in ("hd95", "sdlogj", "folding", "tre"):
+        if key in s:
+            typer.echo(f"  {key}: identity {i.get(key, float('nan')):.4g} -> trained {s[key]:.4g}")
+    typer.echo(f"  runtime: {s['runtime_s'] * 1000:.1f} ms per pair")
+
+
+def _data_overrides(path: Path) -> list[str]:
+    """``--data PATH``: a Learn2Reg dataset.json (or a folder holding one), else a NIfTI folder."""
+    if path.is_file() and path.suffix == ".json":
+        return ["data.name=learn2reg", f"data.root={path.parent}", f"data.dataset_json={path.name}"]
+    if path.is_dir() and any(path.glob("*dataset*.json")):
+        return ["data.name=learn2reg", f"data.root={path}"]
+    if path.is_dir():
+        return ["data.name=folder", f"data.root={path}"]
+    raise UserError(f"--data: not a folder or dataset.json: {path}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (last.pt / best.pt).")],
+    overrides: Overrides = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="NIfTI folder or Learn2Reg dataset.json.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json and cases.csv.")] = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a checkpoint (by default on the held-out split of the data it was trained on)."""
+    from ..config import resolve_config
+    from ..engine import build_dataset, evaluate, setup_runtime
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.trainer import build_model
+
+    ckpt = load_checkpoint(checkpoint)
+    if "config" not in ckpt or "state_dict" not in ckpt:
+        raise UserError(f"{checkpoint}: not a regzoo checkpoint (no config/state_dict)")
+    items = list(overrides or []) + (_data_overrides(data) if data else [])
+    cfg = resolve_config(None, None, items, base=ckpt["config"])
+    runtime = setup_runtime(device, threads)
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(runtime.device)
+    dataset = build_dataset(cfg, cfg.eval.split)
+    overview = out / "overview.png" if out is not None and cfg.eval.overview else None
+    res = evaluate(
+        model, dataset, runtime.device, list(cfg.eval.metrics), cfg.eval.max_pairs, cfg.eval.label_warp, overview
+    )
+    if out is not None:
+        from ..engine.report import write_report
+
+        write_report(res, out)
+    if as_json:
+        _echo_json({k: res[k] for k in ("summary", "identity", "spread", "cases")})
+        return
+    _print_summary(res, f"{len(res['cases'])} pairs")

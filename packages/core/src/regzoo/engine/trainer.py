@@ -1,0 +1,360 @@
+"""The one training engine every model uses.
+
+The model owns its step (:meth:`RegistrationModel.training_step`); the engine owns the rest:
+device and distributed set-up, seeding, the data stream, mixed precision, progress display, the
+CSV log, checkpoints (atomic, resumable, with config and versions), validation and stopping on a
+non-finite loss with the last good checkpoint kept.
+
+The data order is a pure function of ``(seed, step)``, and the checkpoint holds the RNG states, so
+a resumed run continues exactly where an uninterrupted one would have gone.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset, default_collate
+
+from ..errors import ConfigError, NonFiniteLossError, UserError
+from ..registry import build, create_model
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint, versions
+from .evaluate import evaluate
+from .optim import Optimizers, make_optimizer
+from .report import write_report
+from .runtime import Runtime, autocast, seed_everything, setup_runtime
+
+__all__ = ["Trainer", "train", "build_model", "build_dataset", "TrainResult"]
+
+
+def build_model(cfg: DictConfig) -> torch.nn.Module:
+    """The model a resolved run config describes (``cfg.model``)."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    name = model_cfg.pop("name")
+    return create_model(name, **model_cfg)
+
+
+def build_dataset(cfg: DictConfig, split: str) -> Dataset:
+    """The ``split`` (``train``/``val``/``test``) of the dataset ``cfg.data`` describes."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    return build("dataset", {**data_cfg, "split": split})
+
+
+class StepSampler:
+    """Indices of the items of step ``s``: a fixed stream of seeded epoch permutations.
+
+    In a distributed run the global batch is ``batch_size * world_size`` consecutive items of the
+    stream; rank r takes its own slice, so N processes see the same items as one process with the
+    combined batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if n == 0:
+            raise ConfigError("the training split of the dataset is empty")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=g))
+        return self._perm[1]
+
+    def indices(self, step: int) -> list[int]:
+        start = (step * self.world_size + self.rank) * self.batch_size
+        out = []
+        for pos in range(start, start + self.batch_size):
+            out.append(int(self._permutation(pos // self.n)[pos % self.n]))
+        return out
+
+
+class CsvLog:
+    """``log.csv``: one row per logged step; the header grows when a new term appears."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if resume_step is not None and path.is_file():
+            with path.open() as fh:
+                self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        self.fields: list[str] = list(self.rows[0].keys()) if self.rows else []
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        with self.path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        self.rows.append(dict(row))
+        new = [k for k in row if k not in self.fields]
+        if new or not self.fields:
+            self.fields += new
+            self._rewrite()
+            return
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
+
+
+@dataclass
+class TrainResult:
+    """Where a run left its files and what its final evaluation said."""
+
+    out_dir: Path
+    step: int
+    metrics: dict[str, Any] | None
+
+
+def _scalar(v: Any) -> float:
+    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class Trainer:
+    """Trains the model of a resolved run config into ``out_dir``.
+
+    Args:
+        cfg: the resolved config (:func:`regzoo.config.resolve_config`).
+        out_dir: run directory: ``config.yaml``, ``last.pt``, ``best.pt``, ``log.csv``,
+            ``metrics.json``.
+        device: ``auto``, ``cpu``, ``cuda[:N]``.
+        threads: torch CPU threads.
+        progress: show a progress bar (on a terminal) or periodic log lines.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        out_dir: str | Path,
+        device: str = "auto",
+        threads: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.runtime: Runtime = setup_runtime(device, threads)
+        self.progress = progress and self.runtime.is_main
+        seed_everything(int(cfg.train.seed))
+        self.model = build_model(cfg).to(self.runtime.device)
+        if cfg.train.weights:
+            load_weights(self.model, cfg.train.weights)
+        if self.runtime.distributed:
+            for tensor in self.model.state_dict().values():
+                dist.broadcast(tensor, 0)
+            seed_everything(int(cfg.train.seed) + self.runtime.rank)
+        self.train_set = build_dataset(cfg, "train")
+        self.sampler = StepSampler(
+            len(self.train_set),
+            int(cfg.train.batch_size),
+            int(cfg.train.seed),
+            self.runtime.rank,
+            self.runtime.world_size,
+        )
+        self.optim = self._make_optimizers()
+        self.step = 0
+        self.best: float | None = None
+        if cfg.train.compile:
+            self.model.compile()
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _make_optimizers(self) -> Optimizers:
+        t = self.cfg.train
+        optimizers, schedulers = {}, {}
+        for name, params in self.model.parameter_groups().items():
+            opt = make_optimizer(params, t.optimizer, t.lr, t.weight_decay, t.amsgrad)
+            optimizers[name] = opt
+            if t.scheduler == "poly":
+                steps = max(int(t.steps), 1)
+                schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
+                    opt, lambda s: max(0.0, 1 - s / steps) ** float(t.poly_power)
+                )
+            elif t.scheduler != "none":
+                raise ConfigError(f"train.scheduler must be 'none' or 'poly', got {t.scheduler!r}")
+        scaler = None
+        if t.amp == "fp16" and self.runtime.device.type == "cuda":
+            scaler = torch.amp.GradScaler("cuda")
+        return Optimizers(optimizers, schedulers, t.grad_clip, scaler)
+
+    def _batch(self, step: int) -> dict[str, Any]:
+        items = [self.train_set[i] for i in self.sampler.indices(step)]
+        batch = default_collate(items)
+        dev = self.runtime.device
+        return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _payload(self, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": "regzoo-checkpoint-1",
+            "model": self.cfg.model.name,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "state_dict": self.model.state_dict(),
+            "step": self.step,
+            "optim": self.optim.state_dict(),
+            "rng": rng,
+            "best": self.best,
+            "versions": versions(),
+            "metrics": dict(metrics) if metrics else None,
+        }
+
+    def save(self, name: str = "last.pt", metrics: Mapping[str, Any] | None = None) -> None:
+        if self.runtime.is_main:
+            save_checkpoint(self.out_dir / name, self._payload(metrics))
+
+    def resume(self) -> None:
+        """Continue from ``out_dir/last.pt``: weights, optimisers, step, RNG state."""
+        path = self.out_dir / "last.pt"
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optim.load_state_dict(ckpt["optim"])
+        self.step = int(ckpt["step"])
+        self.best = ckpt.get("best")
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train until ``train.steps``, then evaluate on held-out pairs (rank 0)."""
+        t = self.cfg.train
+        if resume:
+            self.resume()
+        if self.runtime.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.out_dir.glob(".*.pt.*.tmp"):  # left by a process killed mid-write
+                stale.unlink()
+            OmegaConf.save(self.cfg, self.out_dir / "config.yaml")
+            log = CsvLog(self.out_dir / "log.csv", self.step if resume else None)
+        total = int(t.steps)
+        display = _Progress(total, self.step, enabled=self.progress)
+        start = time.perf_counter()
+        self.model.train()
+        try:
+            while self.step < total:
+                step = self.step
+                stage = self.model.stage(step)
+                batch = self._batch(step)
+                with autocast(self.runtime.device, t.amp):
+                    terms = self.model.training_step(batch, self.optim, step)
+                self.step = step + 1
+                values = {k: _scalar(v) for k, v in terms.items()}
+                if self.runtime.is_main:
+                    if self.step % int(t.log_every) == 0 or self.step == total:
+                        lr = next(iter(self.optim.optimizers.values())).param_groups[0]["lr"]
+                        log.append(
+                            {"step": self.step, "stage": stage, "elapsed_s": round(time.perf_counter() - start, 3),
+                             "lr": lr, **values}
+                        )
+                    display.update(self.step, stage, values.get("loss"))
+                if int(t.val_every) and self.step % int(t.val_every) == 0 and self.step < total:
+                    self._validate()
+                if self.step % int(t.ckpt_every) == 0 and self.step < total:
+                    self.save()
+        except NonFiniteLossError as err:
+            display.close()
+            raise NonFiniteLossError(
+                f"stopped at step {self.step + 1}: {err}"
+                + (f" ({self.out_dir / 'last.pt'})" if (self.out_dir / "last.pt").exists() else "")
+            ) from None
+        display.close()
+        if self.runtime.distributed:
+            self._check_ranks_in_sync()
+        self.save()
+        metrics = None
+        if self.runtime.is_main:
+            metrics = self.final_evaluation()
+        if self.runtime.distributed:
+            dist.barrier()
+        return TrainResult(self.out_dir, self.step, metrics)
+
+    def _check_ranks_in_sync(self, tol: float = 1e-6) -> None:
+        """Every rank must hold rank 0's weights after data-parallel training."""
+        flat = torch.cat([p.detach().reshape(-1).float() for p in self.model.parameters()])
+        ref = flat.clone()
+        dist.broadcast(ref, 0)
+        diff = (flat - ref).abs().max().reshape(1)
+        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+        if float(diff) > tol:
+            raise RuntimeError(f"data-parallel ranks diverged: max parameter difference {float(diff):.3g}")
+
+    def _validate(self) -> None:
+        if not self.runtime.is_main:
+            return
+        val = build_dataset(self.cfg, "val")
+        res = evaluate(self.model, val, self.runtime.device, ("dice",), int(self.cfg.train.val_pairs))
+        dice = res["summary"].get("dice")
+        if dice is not None and (self.best is None or dice > self.best):
+            self.best = dice
+            self.save("best.pt", res["summary"])
+
+    def final_evaluation(self) -> dict[str, Any]:
+        """Evaluate on ``eval.split`` and write ``metrics.json``."""
+        e = self.cfg.eval
+        test = build_dataset(self.cfg, e.split)
+        overview = self.out_dir / "overview.png" if e.overview else None
+        res = evaluate(
+            self.model, test, self.runtime.device, list(e.metrics), e.max_pairs, e.label_warp, overview
+        )
+        write_report(res, self.out_dir)
+        return res
+
+
+class _Progress:
+    """A rich progress bar on a terminal; a line every 10% otherwise."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.tty = sys.stderr.isatty()
+        self._bar = None
+        self._last_pct = -1
+        if enabled and self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]{task.fields[stage]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=False,
+            )
+            self._task = self._bar.add_task("train", total=total, completed=start, stage="", loss="-")
+            self._bar.start()
+
+    def update(self, step: int, stage: str, loss: float | None) -> None:
+        if not self.enabled:
+            return
+        text = f"{loss:.4g}" if loss is not None else "-"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, stage=stage, loss=text)
+            return
+        pct = int(100 * step / max(self.total, 1)) // 10
+        if pct != self._last_pct:
+            self._last_pct = pct
+            print(f"[{stage}] step {step}/{self.total} loss {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def train(
+    cfg: DictConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a resolved config into ``out_dir`` (see :class:`Trainer`)."""
+    if resume and not (Path(out_dir) / "last.pt").is_file():
+        raise UserError(f"--resume: no checkpoint to resume from in {out_dir} (last.pt missing)")
+    return Trainer(cfg, out_dir, device, threads, progress).fit(resume=resume)

@@ -1,0 +1,153 @@
+"""The engine: training loop, log, checkpoints (atomic, resumable, safe to load), NaN stop, config."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from regzoo.config import resolve_config
+from regzoo.engine import load_checkpoint, save_checkpoint, train
+from regzoo.errors import ConfigError, NonFiniteLossError
+from regzoo.models import RegistrationModel, RegistrationOutput
+from regzoo.registry import register_dataset, register_model
+from regzoo.spatial import warp
+
+SHIFT = 1.5
+
+
+@register_dataset("engine-test-shift", summary="Smooth images and copies shifted by 1.5 voxels.")
+class ShiftPairs(torch.utils.data.Dataset):
+    def __init__(self, ndim: int = 2, size: int = 16, count: int = 12, split: str = "train", seed: int = 0):
+        g = torch.Generator().manual_seed(seed + {"train": 0, "val": 1, "test": 2}[split])
+        base = torch.nn.functional.avg_pool2d(torch.rand(count, 1, size, size, generator=g), 5, 1, 2)
+        shift = torch.full((count, 2, size, size), SHIFT)
+        self.fixed = base
+        self.moving = warp(base, -shift)  # moving[x] = fixed[x - s]: the answer is ddf = +s
+        self.labels = (base > base.mean()).long()
+
+    def __len__(self):
+        return len(self.fixed)
+
+    def __getitem__(self, i):
+        return {
+            "moving": self.moving[i],
+            "fixed": self.fixed[i],
+            "moving_label": self.labels[i],
+            "fixed_label": self.labels[i],
+            "spacing": torch.ones(2),
+        }
+
+
+class GlobalShift(RegistrationModel):
+    """Learns one translation; ``nan_at`` poisons the loss at that step (for the NaN test)."""
+
+    def __init__(self, ndim: int = 2, nan_at: int = -1):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(ndim))
+        self.nan_at = nan_at
+        self.calls = 0
+
+    def forward(self, batch):
+        m = batch["moving"]
+        ddf = self.shift.view(1, -1, 1, 1).expand(m.shape[0], -1, *m.shape[2:])
+        return RegistrationOutput(warped=warp(m, ddf), ddf=ddf)
+
+    def loss(self, batch, out):
+        loss = ((out.warped - batch["fixed"]) ** 2)[..., 3:-3, 3:-3].mean()
+        self.calls += 1
+        if self.calls - 1 == self.nan_at:
+            loss = loss * float("nan")
+        return {"loss": loss}
+
+
+register_model(
+    "engine-test-shift",
+    summary="Test model: one global translation.",
+    tags=("2d",),
+    presets={"quick": {"data": {"name": "engine-test-shift"}, "train": {"steps": 30, "lr": 0.1, "batch_size": 4}}},
+)(GlobalShift)
+
+
+def _cfg(*overrides):
+    return resolve_config("engine-test-shift", None, ["eval.metrics=[dice,folding]", *overrides])
+
+
+def test_training_learns_writes_files_and_checkpoint_describes_itself(tmp_path):
+    result = train(_cfg("train.log_every=5"), tmp_path, progress=False)
+    assert result.step == 30
+    for name in ("config.yaml", "last.pt", "log.csv", "metrics.json"):
+        assert (tmp_path / name).is_file(), name
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["model"] == "engine-test-shift" and ckpt["step"] == 30
+    assert ckpt["config"]["train"]["steps"] == 30 and "torch" in ckpt["versions"]
+    assert torch.allclose(ckpt["state_dict"]["shift"], torch.full((2,), SHIFT), atol=0.2)
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert result.metrics["summary"]["dice"] > result.metrics["identity"]["dice"]
+
+
+def test_resume_continues_to_the_same_weights(tmp_path):
+    full = train(_cfg("train.steps=20"), tmp_path / "full", progress=False)
+    train(_cfg("train.steps=8", "train.ckpt_every=4"), tmp_path / "part", progress=False)
+    base = load_checkpoint(tmp_path / "part" / "last.pt")["config"]
+    resumed = train(
+        resolve_config(None, None, ["train.steps=20"], base=base), tmp_path / "part", resume=True, progress=False
+    )
+    a = load_checkpoint(full.out_dir / "last.pt")["state_dict"]["shift"]
+    b = load_checkpoint(resumed.out_dir / "last.pt")["state_dict"]["shift"]
+    assert resumed.step == 20
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    steps = [int(r["step"]) for r in csv.DictReader((tmp_path / "part" / "log.csv").open())]
+    assert steps == sorted(set(steps)) and steps[-1] == 20
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = _cfg("model.nan_at=13", "train.ckpt_every=5")
+    with pytest.raises(NonFiniteLossError, match="step 14"):
+        train(cfg, tmp_path, progress=False)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["step"] == 10
+    assert all(math.isfinite(v) for v in ckpt["state_dict"]["shift"].tolist())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def broken_save(obj, fh, *a, **k):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_config_layers_and_errors(tmp_path):
+    cfg = _cfg("train.steps=7", "data.size=12")
+    assert cfg.train.steps == 7 and cfg.data.size == 12 and cfg.train.lr == 0.1  # preset kept
+    assert cfg.model.ndim == cfg.data.ndim == 2
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("train:\n  steps: 3\n  lr: 0.5\n")
+    cfg = resolve_config("engine-test-shift", yaml_file, ["train.steps=4"])
+    assert (cfg.train.steps, cfg.train.lr) == (4, 0.5)
+    with pytest.raises(ConfigError, match="stpes"):
+        _cfg("train.stpes=3")
+    with pytest.raises(ConfigError, match="bogus"):
+        _cfg("model.bogus=1")
+    with pytest.raises(ConfigError, match="malformed override"):
+        _cfg("train.steps")
+    with pytest.raises(ConfigError, match="no preset 'nope'"):
+        _cfg("preset=nope")
+    with pytest.raises(ConfigError, match="unknown config key 'trian'"):
+        _cfg("trian.steps=3")
+    assert isinstance(Path(tmp_path), Path)

@@ -1,0 +1,140 @@
+"""The registry: decorators, default configs from signatures, patterns, errors, lazy plugins."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import types
+
+import pytest
+
+import regzoo
+import regzoo.registry as reg
+from regzoo.errors import ConfigError, UnknownNameError
+
+
+@pytest.fixture
+def scratch_kind(monkeypatch):
+    """A throw-away loss registry so tests do not leak entries."""
+    fresh = reg.Registry("loss")
+    monkeypatch.setitem(reg._REGISTRIES, "loss", fresh)
+    return fresh
+
+
+def test_decorator_registers_with_signature_defaults(scratch_kind):
+    @scratch_kind.register("toy-loss", summary="A toy.", tags=("2d",))
+    def toy(window: int = 9, eps: float = 1e-5, sizes=(1, 2)):
+        return {"window": window, "eps": eps, "sizes": sizes}
+
+    entry = scratch_kind.get("toy-loss")
+    assert entry.summary == "A toy." and entry.dims == (2,)
+    assert dict(entry.default_config()) == {"window": 9, "eps": 1e-5, "sizes": [1, 2]}
+    assert regzoo.build("loss", {"name": "toy-loss", "window": 5}) == {"window": 5, "eps": 1e-5, "sizes": [1, 2]}
+    with pytest.raises(ConfigError, match="windw"):
+        regzoo.build("loss", {"name": "toy-loss", "windw": 5})
+
+
+def test_required_arguments_must_be_given(scratch_kind):
+    @scratch_kind.register("needs-arg", summary="x")
+    def needs(channels, scale: float = 1.0):
+        return channels * scale
+
+    with pytest.raises(ConfigError, match="channels"):
+        scratch_kind.build("needs-arg")
+    assert scratch_kind.build({"name": "needs-arg", "channels": 3}) == 3.0
+
+
+def test_unknown_name_lists_what_is_registered(scratch_kind):
+    @scratch_kind.register("alpha-loss", summary="x")
+    def alpha():
+        return 1
+
+    with pytest.raises(UnknownNameError, match="did you mean alpha-loss.*registered: alpha-loss"):
+        scratch_kind.get("alpha-los")
+
+
+def test_names_are_lowercase_with_dashes(scratch_kind):
+    with pytest.raises(ValueError):
+        scratch_kind.register("Bad_Name", summary="x")
+
+
+def test_conflicting_registration_is_refused(scratch_kind):
+    @scratch_kind.register("same", summary="x")
+    def one():
+        return 1
+
+    def two():
+        return 2
+
+    with pytest.raises(ValueError, match="already registered"):
+        scratch_kind.register("same", summary="y")(two)
+
+
+def test_glob_patterns_and_kinds():
+    assert set(regzoo.list_entries()) == set(regzoo.KINDS)
+    assert regzoo.get_registry("transformer").names("s*") == ["svf"]
+    assert {"dense", "svf", "affine", "bspline"} <= set(regzoo.list_entries(kind="transformer")["transformer"])
+    with pytest.raises(UnknownNameError):
+        regzoo.get_registry("nonsense")
+
+
+def test_import_is_lazy():
+    code = (
+        "import sys, regzoo; "
+        "assert 'torch' not in sys.modules, 'import regzoo pulled in torch'; "
+        "print('ok')"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_broken_plugin_is_reported_not_fatal(monkeypatch):
+    """A plugin that raises on import is recorded with its error; the rest keeps working."""
+    good = types.ModuleType("regzoo_fake_good")
+
+    def _register_good():
+        @reg.register_metric("fake-good-metric", summary="registered by a fake plugin")
+        def fake(**_):
+            return 0
+
+    def load_good():
+        _register_good()
+        return good
+
+    def load_bad():
+        raise ImportError("this plugin is broken on purpose")
+
+    class FakeEP:
+        def __init__(self, name, loader):
+            self.name, self.value, self._loader = name, f"regzoo_{name}", loader
+            self.dist = types.SimpleNamespace(name=f"regzoo-models-{name}", version="9.9")
+
+        def load(self):
+            return self._loader()
+
+    real_entry_points = importlib.metadata.entry_points
+
+    def fake_entry_points(group=None, **kw):
+        if group == reg.ENTRY_POINT_GROUP:
+            return [FakeEP("zz-broken", load_bad), FakeEP("zz-good", load_good)] + list(
+                real_entry_points(group=group)
+            )
+        return real_entry_points(group=group, **kw)
+
+    monkeypatch.setattr(reg, "entry_points", fake_entry_points)
+    monkeypatch.setattr(reg, "_loaded", False)
+    monkeypatch.setattr(reg, "_PLUGINS", {})
+    metric_registry = reg.Registry("metric")
+    metric_registry._entries = dict(reg._REGISTRIES["metric"]._entries)
+    monkeypatch.setitem(reg._REGISTRIES, "metric", metric_registry)
+    monkeypatch.setattr(reg, "register_metric", metric_registry.register)
+
+    status = {p.name: p for p in regzoo.plugins()}
+    assert "ImportError: this plugin is broken on purpose" == status["zz-broken"].error
+    assert status["zz-good"].error is None
+    assert status["zz-good"].entries == ["metric:fake-good-metric"]
+    assert metric_registry.get("fake-good-metric").plugin == "regzoo-models-zz-good"
+    assert "svf" in regzoo.get_registry("transformer").names()

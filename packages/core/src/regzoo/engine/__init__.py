@@ -1,7 +1,13 @@
 """The training and evaluation engine shared by every model."""
 
-from .checkpoint import load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint, versions
-from .evaluate import evaluate, summarize
+from .checkpoint import (
+    load_checkpoint,
+    load_weights,
+    model_from_checkpoint,
+    save_checkpoint,
+    versions,
+)
+from .evaluate import evaluate, summarize_cases
 from .optim import Optimizers, make_optimizer
 from .runtime import Runtime, autocast, seed_everything, setup_runtime
 from .trainer import Trainer, TrainResult, build_dataset, build_model, train
@@ -15,7 +21,7 @@ __all__ = [
     "build_model",
     "build_dataset",
     "evaluate",
-    "summarize",
+    "summarize_cases",
     "save_checkpoint",
     "load_checkpoint",
     "load_weights",

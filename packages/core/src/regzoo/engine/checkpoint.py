@@ -20,7 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import DataError
 from ..registry import create_model, plugins
 
-__all__ = ["save_checkpoint", "load_checkpoint", "versions", "model_from_checkpoint", "load_weights"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "versions",
+    "model_from_checkpoint",
+    "load_weights",
+]
 
 
 def versions() -> dict[str, str]:
@@ -86,7 +92,9 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 def model_from_checkpoint(ckpt: Mapping[str, Any]) -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights."""
     cfg = ckpt["config"]
-    model_cfg = dict(cfg["model"] if not isinstance(cfg, DictConfig) else OmegaConf.to_container(cfg.model))
+    model_cfg = dict(
+        cfg["model"] if not isinstance(cfg, DictConfig) else OmegaConf.to_container(cfg.model)
+    )
     name = model_cfg.pop("name")
     model = create_model(name, **model_cfg)
     model.load_state_dict(ckpt["state_dict"], strict=True)

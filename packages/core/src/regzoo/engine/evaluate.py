@@ -3,13 +3,12 @@
 For every pair: the model's field and runtime, the moving labels warped with it (nearest, or
 linear on one-hot), then Dice, HD95 (mm), SDlogJ, the folded fraction and, with landmarks, TRE.
 The same metrics for the identity transform ("before") come alongside. Summaries follow Learn2Reg:
-mean and standard deviation per metric and the robustness figure ``dice30`` (mean Dice of the
-hardest 30% of cases).
+mean, standard deviation, median and the 30th percentile per metric (for Dice, the robustness
+figure DSC30).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,11 +17,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..metrics import summarize
 from ..registry import build
 from ..spatial import warp_labels
 from .overview import render_overview
 
-__all__ = ["evaluate", "summarize", "evaluate_case", "SUMMARY_KEYS"]
+__all__ = ["evaluate", "summarize_cases", "evaluate_case", "SUMMARY_KEYS"]
 
 SUMMARY_KEYS = ("dice", "hd95", "sdlogj", "folding", "runtime_s")
 
@@ -54,39 +54,17 @@ def evaluate_case(
     }
     out = {}
     for name, metric in metrics.items():
-        needs_labels = name in ("dice", "hd95")
-        needs_landmarks = name == "tre"
-        if needs_labels and (warped_label is None or inputs["fixed_label"] is None):
-            continue
-        if needs_landmarks and inputs["fixed_landmarks"] is None:
-            continue
+        if any(inputs.get(k) is None for k in getattr(metric, "requires", ())):
+            continue  # e.g. no labels for Dice, no landmarks for TRE
         out[name] = metric(**inputs).detach().float().cpu()
     return out
 
 
-def _robust(values: Sequence[float], fraction: float = 0.3) -> float:
-    """Mean of the lowest ``fraction`` of values (Learn2Reg's robustness figure)."""
-    ordered = sorted(v for v in values if not math.isnan(v))
-    if not ordered:
-        return float("nan")
-    k = max(1, int(round(len(ordered) * fraction)))
-    return float(sum(ordered[:k]) / k)
-
-
-def summarize(cases: Iterable[Mapping[str, float]]) -> dict[str, Any]:
-    """Means (``summary``-style numbers), standard deviations and ``dice30`` over cases."""
+def summarize_cases(cases: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per metric: mean, std, median and 30th percentile over cases (:func:`regzoo.metrics.summarize`)."""
     cases = list(cases)
-    keys = sorted({k for c in cases for k, v in c.items() if isinstance(v, (int, float))})
-    mean, std = {}, {}
-    for k in keys:
-        vals = torch.tensor([float(c[k]) for c in cases if k in c], dtype=torch.float64)
-        vals = vals[~torch.isnan(vals)]
-        mean[k] = float(vals.mean()) if len(vals) else float("nan")
-        std[k] = float(vals.std(unbiased=False)) if len(vals) else float("nan")
-    out = {"mean": mean, "std": std}
-    if "dice" in keys:
-        out["dice30"] = _robust([float(c["dice"]) for c in cases if "dice" in c])
-    return out
+    keys = dict.fromkeys(k for c in cases for k, v in c.items() if isinstance(v, (int, float)))
+    return {k: summarize([float(c[k]) for c in cases if k in c]) for k in keys}
 
 
 @torch.no_grad()
@@ -128,8 +106,14 @@ def evaluate(
             before = evaluate_case(batch, torch.zeros_like(out.ddf), built, label_warp)
             if i == 0 and overview is not None:
                 render_overview(
-                    batch["moving"][0], batch["fixed"][0], out.warped[0], out.ddf[0], overview,
-                    title=f"pair 0: Dice {float(after['dice'][0]):.3f}" if "dice" in after else "pair 0",
+                    batch["moving"][0],
+                    batch["fixed"][0],
+                    out.warped[0],
+                    out.ddf[0],
+                    overview,
+                    title=f"pair 0: Dice {float(after['dice'][0]):.3f}"
+                    if "dice" in after
+                    else "pair 0",
                 )
             case: dict[str, Any] = {"pair": i}
             for key in ("moving_path", "fixed_path"):
@@ -143,16 +127,14 @@ def evaluate(
         model.train(was_training)
     after_cases = [{k: v for k, v in c.items() if not k.startswith("before_")} for c in cases]
     before_cases = [
-        {k[len("before_") :]: v for k, v in c.items() if k.startswith("before_")} | {"runtime_s": 0.0}
+        {k[len("before_") :]: v for k, v in c.items() if k.startswith("before_")}
+        | {"runtime_s": 0.0}
         for c in cases
     ]
-    trained, identity = summarize(after_cases), summarize(before_cases)
+    trained, identity = summarize_cases(after_cases), summarize_cases(before_cases)
     return {
-        "summary": trained["mean"],
-        "identity": identity["mean"],
-        "spread": {
-            "summary": {"std": trained["std"], "dice30": trained.get("dice30")},
-            "identity": {"std": identity["std"], "dice30": identity.get("dice30")},
-        },
+        "summary": {k: v["mean"] for k, v in trained.items()},
+        "identity": {k: v["mean"] for k, v in identity.items()},
+        "spread": {"summary": trained, "identity": identity},
         "cases": cases,
     }

@@ -19,7 +19,10 @@ __all__ = ["Optimizers", "make_optimizer"]
 
 
 def make_optimizer(
-    params: Iterable[torch.nn.Parameter], name: str = "adam", lr: float = 1e-4, weight_decay: float = 0.0,
+    params: Iterable[torch.nn.Parameter],
+    name: str = "adam",
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
     amsgrad: bool = False,
 ) -> torch.optim.Optimizer:
     """``adam`` / ``adamw`` / ``sgd`` (momentum 0.9) / ``radam`` over ``params``."""

@@ -22,7 +22,11 @@ def _slice(x: torch.Tensor) -> torch.Tensor:
 
 
 def render_overview(
-    moving: torch.Tensor, fixed: torch.Tensor, warped: torch.Tensor, ddf: torch.Tensor, path: str | Path,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    warped: torch.Tensor,
+    ddf: torch.Tensor,
+    path: str | Path,
     title: str = "",
 ) -> Path:
     """Write the overview of one pair (tensors without batch dim: images ``(C, *S)``, ddf ``(ndim, *S)``)."""
@@ -33,13 +37,13 @@ def render_overview(
 
     ndim = ddf.shape[0]
     jac = jacobian_determinant(ddf[None].float())[0]
-    m, f, w = (_slice(t.float().cpu())[0] for t in (moving, fixed, warped))
+    m, f, w = (_slice(t.detach().float().cpu())[0] for t in (moving, fixed, warped))
     if ndim == 3:
-        u = ddf[1:, ddf.shape[1] // 2].float().cpu()
+        u = ddf[1:, ddf.shape[1] // 2].detach().float().cpu()
         jac = jac[jac.shape[0] // 2]
     else:
-        u = ddf.float().cpu()
-    jac = jac.cpu()
+        u = ddf.detach().float().cpu()
+    jac = jac.detach().cpu()
 
     h, wdt = f.shape
     tile = max(4, min(h, wdt) // 8)
@@ -49,14 +53,14 @@ def render_overview(
     fig, axes = plt.subplots(2, 3, figsize=(12, 8))
     vmin, vmax = float(f.min()), float(f.max())
     for ax, img, name in zip(axes[0], (f, m, w), ("fixed", "moving", "warped")):
-        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax)
+        ax.imshow(img.numpy(), cmap="gray", vmin=vmin, vmax=vmax)
         ax.set_title(name)
-    axes[1, 0].imshow(torch.where(checker, f, w), cmap="gray", vmin=vmin, vmax=vmax)
+    axes[1, 0].imshow(torch.where(checker, f, w).numpy(), cmap="gray", vmin=vmin, vmax=vmax)
     axes[1, 0].set_title("checkerboard fixed / warped")
 
     ax = axes[1, 1]
     step = max(1, min(h, wdt) // 24)
-    gy, gx = yy.float() + u[0], xx.float() + u[1]
+    gy, gx = (yy.float() + u[0]).numpy(), (xx.float() + u[1]).numpy()
     for i in range(0, h, step):
         ax.plot(gx[i], gy[i], color="tab:blue", lw=0.6)
     for j in range(0, wdt, step):
@@ -67,10 +71,10 @@ def render_overview(
     ax.set_title("deformation grid")
 
     ax = axes[1, 2]
-    im = ax.imshow(jac, cmap="RdBu", vmin=0, vmax=2)
+    im = ax.imshow(jac.numpy(), cmap="RdBu", vmin=0, vmax=2)
     folds = (jac <= 0).nonzero()
     if len(folds):
-        ax.scatter(folds[:, 1], folds[:, 0], s=4, c="black", marker="x")
+        ax.scatter(folds[:, 1].numpy(), folds[:, 0].numpy(), s=4, c="black", marker="x")
     folded = float((jac <= 0).float().mean()) * 100
     ax.set_title(f"Jacobian determinant ({folded:.3f}% folded)")
     fig.colorbar(im, ax=ax, fraction=0.046)

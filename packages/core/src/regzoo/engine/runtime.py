@@ -40,7 +40,9 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"--device: unknown device {device!r} (auto, cpu, cuda, cuda:N)") from None
+        raise ConfigError(
+            f"--device: unknown device {device!r} (auto, cpu, cuda, cuda:N)"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
     return dev

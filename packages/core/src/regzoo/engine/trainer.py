@@ -169,13 +169,13 @@ class Trainer:
     def _make_optimizers(self) -> Optimizers:
         t = self.cfg.train
         optimizers, schedulers = {}, {}
+        steps, power = max(int(t.steps), 1), float(t.poly_power)
         for name, params in self.model.parameter_groups().items():
             opt = make_optimizer(params, t.optimizer, t.lr, t.weight_decay, t.amsgrad)
             optimizers[name] = opt
             if t.scheduler == "poly":
-                steps = max(int(t.steps), 1)
                 schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
-                    opt, lambda s: max(0.0, 1 - s / steps) ** float(t.poly_power)
+                    opt, lambda s: max(0.0, 1 - s / steps) ** power
                 )
             elif t.scheduler != "none":
                 raise ConfigError(f"train.scheduler must be 'none' or 'poly', got {t.scheduler!r}")
@@ -188,7 +188,10 @@ class Trainer:
         items = [self.train_set[i] for i in self.sampler.indices(step)]
         batch = default_collate(items)
         dev = self.runtime.device
-        return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return {
+            k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()
+        }
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _payload(self, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -253,8 +256,13 @@ class Trainer:
                     if self.step % int(t.log_every) == 0 or self.step == total:
                         lr = next(iter(self.optim.optimizers.values())).param_groups[0]["lr"]
                         log.append(
-                            {"step": self.step, "stage": stage, "elapsed_s": round(time.perf_counter() - start, 3),
-                             "lr": lr, **values}
+                            {
+                                "step": self.step,
+                                "stage": stage,
+                                "elapsed_s": round(time.perf_counter() - start, 3),
+                                "lr": lr,
+                                **values,
+                            }
                         )
                     display.update(self.step, stage, values.get("loss"))
                 if int(t.val_every) and self.step % int(t.val_every) == 0 and self.step < total:
@@ -286,13 +294,17 @@ class Trainer:
         diff = (flat - ref).abs().max().reshape(1)
         dist.all_reduce(diff, op=dist.ReduceOp.MAX)
         if float(diff) > tol:
-            raise RuntimeError(f"data-parallel ranks diverged: max parameter difference {float(diff):.3g}")
+            raise RuntimeError(
+                f"data-parallel ranks diverged: max parameter difference {float(diff):.3g}"
+            )
 
     def _validate(self) -> None:
         if not self.runtime.is_main:
             return
         val = build_dataset(self.cfg, "val")
-        res = evaluate(self.model, val, self.runtime.device, ("dice",), int(self.cfg.train.val_pairs))
+        res = evaluate(
+            self.model, val, self.runtime.device, ("dice",), int(self.cfg.train.val_pairs)
+        )
         dice = res["summary"].get("dice")
         if dice is not None and (self.best is None or dice > self.best):
             self.best = dice
@@ -304,7 +316,13 @@ class Trainer:
         test = build_dataset(self.cfg, e.split)
         overview = self.out_dir / "overview.png" if e.overview else None
         res = evaluate(
-            self.model, test, self.runtime.device, list(e.metrics), e.max_pairs, e.label_warp, overview
+            self.model,
+            test,
+            self.runtime.device,
+            list(e.metrics),
+            e.max_pairs,
+            e.label_warp,
+            overview,
         )
         write_report(res, self.out_dir)
         return res
@@ -319,13 +337,25 @@ class _Progress:
         self._bar = None
         self._last_pct = -1
         if enabled and self.tty:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(
-                TextColumn("[bold]{task.fields[stage]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=False,
+                TextColumn("[bold]{task.fields[stage]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                transient=False,
             )
-            self._task = self._bar.add_task("train", total=total, completed=start, stage="", loss="-")
+            self._task = self._bar.add_task(
+                "train", total=total, completed=start, stage="", loss="-"
+            )
             self._bar.start()
 
     def update(self, step: int, stage: str, loss: float | None) -> None:

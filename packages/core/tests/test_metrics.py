@@ -1,0 +1,277 @@
+"""Metrics against outside references (METHODS.md B10; the Learn2Reg scorer).
+
+References: MONAI's ``DiceMetric``; the ``surface-distance`` package the Learn2Reg scorer calls
+for HD95; the scorer's Jacobian (``scipy.ndimage.correlate`` with ``[-0.5, 0, 0.5]``, zero
+padding, crop 2) written out in numpy; ``scipy.ndimage.map_coordinates`` for landmarks; numpy for
+the summaries. Folding and TRE are also checked on fields whose answer is known by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.metrics import DiceMetric as MonaiDice
+from scipy import ndimage
+from surface_distance import lookup_tables
+from surface_distance import metrics as sd
+
+import regzoo
+from regzoo.metrics import (
+    dice_per_label,
+    folding,
+    hd95_per_label,
+    landmark_errors,
+    sdlogj,
+    sdlogj_plain,
+    summarize,
+    surfel_area_table,
+    tre,
+)
+
+# The package calls scipy.ndimage through its deprecated sub-namespaces.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:surface_distance")
+
+
+def label_map(shape, seed, labels=4, sigma=2.5):
+    """Blobby integer labels 0..labels-1 ``(1, 1, *shape)``: arg-max of smoothed noise."""
+    rng = np.random.default_rng(seed)
+    noise = np.stack(
+        [ndimage.gaussian_filter(rng.standard_normal(shape), sigma) for _ in range(labels)]
+    )
+    return torch.from_numpy(noise.argmax(0))[None, None]
+
+
+def smooth_field(shape, amplitude, seed, sigma=3.0):
+    rng = np.random.default_rng(seed)
+    f = np.stack(
+        [ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap") for _ in shape]
+    )
+    return torch.from_numpy(f * amplitude / np.abs(f).max())[None]
+
+
+# --- registry and call convention -------------------------------------------------------------
+
+
+def test_metrics_are_registered_and_take_keyword_inputs():
+    shape = (12, 13, 14)
+    inputs = {
+        "ddf": torch.cat([smooth_field(shape, 1.0, s) for s in (0, 1)]).float(),
+        "warped_label": torch.cat([label_map(shape, s) for s in (2, 3)]),
+        "fixed_label": torch.cat([label_map(shape, s) for s in (4, 5)]),
+        "spacing": torch.tensor([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]),
+        "fixed_landmarks": torch.rand(2, 6, 3) * 10,
+        "moving_landmarks": torch.rand(2, 6, 3) * 10,
+        "something_else": "ignored",
+    }
+    names = regzoo.list_entries(kind="metric")["metric"]
+    for name in ("dice", "hd95", "sdlogj", "sdlogj-plain", "folding", "tre"):
+        assert name in names
+        value = regzoo.build("metric", name)(**inputs)
+        assert value.shape == (2,) and value.dtype == torch.float64 and value.device.type == "cpu"
+        assert torch.isfinite(value).all()
+    with pytest.raises(ValueError, match="fixed_landmarks"):
+        regzoo.build("metric", "tre")(
+            ddf=inputs["ddf"], moving_landmarks=inputs["moving_landmarks"]
+        )
+    restricted = regzoo.build("metric", {"name": "dice", "labels": [2]})(**inputs)
+    torch.testing.assert_close(
+        restricted, dice_per_label(inputs["warped_label"], inputs["fixed_label"], [2])[:, 0]
+    )
+
+
+# --- Dice ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(30, 34), (14, 15, 16)])
+def test_dice_equals_monai_dice_metric(shape):
+    k = 5
+    pred = torch.cat([label_map(shape, 1, labels=5), label_map(shape, 2, labels=4)])
+    target = torch.cat([label_map(shape, 3, labels=5), label_map(shape, 4, labels=3)])
+    target[1][target[1] == 1] = 0  # case 2: label 1 only in the prediction; label 4 in neither
+    ours = dice_per_label(pred, target, labels=range(1, k))
+    onehot = lambda x: F.one_hot(x[:, 0], k).movedim(-1, 1)  # noqa: E731
+    monai = MonaiDice(include_background=False, reduction="none", ignore_empty=False)
+    ref = monai(onehot(pred), onehot(target)).double()
+    absent = torch.zeros_like(ours, dtype=torch.bool)
+    absent[1, 3] = True  # label 4 of case 2: MONAI says 1 for "both empty", we leave it out
+    assert torch.isnan(ours[absent]).all() and not torch.isnan(ours[~absent]).any()
+    torch.testing.assert_close(ours[~absent], ref[~absent])
+    assert ours[1, 0] == 0
+    mean = regzoo.build("metric", "dice")(warped_label=pred, fixed_label=target)
+    torch.testing.assert_close(mean, torch.stack([ours[0].mean(), ours[1, :3].mean()]))
+    # One-hot maps are accepted in place of label maps.
+    torch.testing.assert_close(
+        dice_per_label(onehot(pred).float(), target, labels=range(1, k)), ours, equal_nan=True
+    )
+
+
+# --- HD95 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 2.0, 3.0), (0.7, 1.3, 2.9)])
+def test_surfel_areas_equal_surface_distance_tables(spacing):
+    np.testing.assert_allclose(
+        surfel_area_table(spacing),
+        lookup_tables.create_table_neighbour_code_to_surface_area(spacing),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        surfel_area_table(spacing[1:]),
+        lookup_tables.create_table_neighbour_code_to_contour_length(spacing[1:]),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize(
+    "shape,spacing",
+    [((40, 44), [(1.0, 1.0), (0.8, 2.5)]), ((18, 20, 22), [(1.0, 1.0, 1.0), (2.0, 0.7, 1.3)])],
+)
+def test_hd95_equals_surface_distance(shape, spacing):
+    fixed = torch.cat([label_map(shape, 10), label_map(shape, 11)])
+    warped = torch.cat([label_map(shape, 12), fixed[1:]])
+    warped[1] = torch.roll(warped[1], shifts=2, dims=1)  # case 2: the fixed labels, shifted
+    spacing_t = torch.tensor(spacing, dtype=torch.float64)
+    ours = hd95_per_label(warped, fixed, spacing_t, labels=[1, 2, 3])
+    for b in range(2):
+        for j, label in enumerate([1, 2, 3]):
+            dists = sd.compute_surface_distances(
+                (fixed[b, 0] == label).numpy(), (warped[b, 0] == label).numpy(), spacing[b]
+            )
+            assert ours[b, j].item() == sd.compute_robust_hausdorff(dists, 95)
+    assert ours[1].min() > 0
+    metric = regzoo.build("metric", "hd95")(
+        warped_label=warped, fixed_label=fixed, spacing=spacing_t
+    )
+    torch.testing.assert_close(metric, ours.mean(1))
+
+
+def test_hd95_skips_labels_missing_from_either_map():
+    fixed, warped = label_map((20, 24), 20), label_map((20, 24), 21)
+    fixed[fixed == 2] = 0
+    values = hd95_per_label(warped, fixed, labels=[1, 2, 3, 7])
+    assert torch.isnan(values[0, [1, 3]]).all() and torch.isfinite(values[0, [0, 2]]).all()
+    empty = torch.zeros_like(fixed)
+    assert math.isnan(regzoo.build("metric", "hd95")(warped_label=warped, fixed_label=empty).item())
+
+
+# --- Jacobian metrics ------------------------------------------------------------------------------
+
+
+def scorer_jacobian(disp: np.ndarray) -> np.ndarray:
+    """The Learn2Reg scorer's Jacobian determinant of ``(ndim, *spatial)`` displacements.
+
+    Gradients by correlation with ``[-0.5, 0, 0.5]`` along each axis, zero outside the image,
+    plus the identity, cropped by 2 voxels on each side, then the determinant.
+    """
+    ndim = disp.shape[0]
+    grad = np.empty((ndim, ndim, *disp.shape[1:]))
+    for axis in range(ndim):
+        kernel = np.array([-0.5, 0.0, 0.5]).reshape([3 if a == axis else 1 for a in range(ndim)])
+        for comp in range(ndim):
+            grad[comp, axis] = ndimage.correlate(disp[comp], kernel, mode="constant", cval=0.0)
+    jac = grad + np.eye(ndim).reshape(ndim, ndim, *[1] * ndim)
+    jac = jac[(slice(None), slice(None)) + (slice(2, -2),) * ndim]
+    return np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+
+
+@pytest.mark.parametrize("shape", [(30, 33), (14, 15, 16)])
+def test_sdlogj_equals_the_scorer(shape):
+    ddf = torch.cat([smooth_field(shape, 2.5, 30, sigma=1.5), smooth_field(shape, 0.5, 31)])
+    jac = np.stack([scorer_jacobian(d) for d in ddf.numpy()])
+    assert (jac <= 0).any()  # folds included: the +3 of the scorer matters
+    ref = np.log(np.clip(jac + 3, 1e-9, 1e9)).reshape(2, -1).std(1)
+    np.testing.assert_allclose(sdlogj(ddf).numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(sdlogj(ddf.float()).numpy(), ref, rtol=1e-6)
+    plain = np.log(np.clip(jac, 1e-9, 1e9)).reshape(2, -1).std(1)
+    np.testing.assert_allclose(sdlogj_plain(ddf).numpy(), plain, rtol=1e-12)
+    np.testing.assert_allclose(folding(ddf).numpy(), (jac <= 0).reshape(2, -1).mean(1))
+
+
+@pytest.mark.parametrize("shape", [(16, 9), (16, 7, 8)])
+def test_folding_counts_a_known_fold(shape):
+    # u_0 depends on the first index only: 0 up to row 5, then -1.5 per row to -6 at row 9.
+    # Central differences give J = 1 + (u(i+1) - u(i-1)) / 2 = 0.25 on rows 5 and 9 and
+    # -0.5 on rows 6, 7, 8; the interior keeps rows 2..13, so 3 of its 12 rows are folded.
+    profile = torch.tensor(
+        [0, 0, 0, 0, 0, 0, -1.5, -3, -4.5, -6, -6, -6, -6, -6, -6, -6], dtype=torch.float64
+    )
+    ddf = torch.zeros(1, len(shape), *shape, dtype=torch.float64)
+    ddf[0, 0] = profile.view(-1, *[1] * (len(shape) - 1))
+    assert folding(ddf).item() == 3 / 12
+    value = regzoo.build("metric", "folding")(ddf=ddf)
+    assert value.item() == 3 / 12
+    assert regzoo.build("metric", {"name": "folding", "crop": 3})(ddf=ddf).item() == 3 / 10
+    assert folding(torch.zeros_like(ddf)).item() == 0
+    assert math.isfinite(sdlogj(ddf).item()) and sdlogj(torch.zeros_like(ddf)).item() == 0
+
+
+# --- TRE ---------------------------------------------------------------------------------------
+
+
+def test_tre_of_a_known_translation():
+    shape, shift = (12, 14, 16), torch.tensor([1.5, -2.0, 0.5], dtype=torch.float64)
+    ddf = shift.view(1, 3, 1, 1, 1).expand(1, 3, *shape).contiguous()
+    fixed = torch.tensor(
+        [[[3.0, 4.0, 5.0], [6.5, 7.25, 8.0], [2.0, 10.0, 12.0]]], dtype=torch.float64
+    )
+    residual = torch.tensor(
+        [[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 2.0]]], dtype=torch.float64
+    )
+    moving = fixed + shift + residual
+    spacing = torch.tensor([[2.0, 1.0, 0.5]])
+    expected = torch.tensor([0.0, 2.0, math.hypot(2.0, 1.0)], dtype=torch.float64)
+    torch.testing.assert_close(landmark_errors(ddf, fixed, moving, spacing)[0], expected)
+    torch.testing.assert_close(tre(ddf, fixed, moving, spacing), expected.mean().view(1))
+    # Padding landmarks (NaN) are left out of the mean.
+    padded_f = torch.cat([fixed, torch.full((1, 1, 3), math.nan, dtype=torch.float64)], 1)
+    padded_m = torch.cat([moving, torch.full((1, 1, 3), math.nan, dtype=torch.float64)], 1)
+    torch.testing.assert_close(tre(ddf, padded_f, padded_m, spacing), expected.mean().view(1))
+
+
+@pytest.mark.parametrize("shape", [(20, 23), (12, 13, 14)])
+def test_tre_samples_the_field_linearly(shape):
+    ndim = len(shape)
+    ddf = smooth_field(shape, 3.0, 40)
+    rng = np.random.default_rng(41)
+    fixed = rng.uniform(0, np.array(shape) - 1, size=(7, ndim))
+    moving = rng.uniform(0, np.array(shape) - 1, size=(7, ndim))
+    spacing = np.array([0.8, 1.7, 1.1][:ndim])
+    u = np.stack(
+        [ndimage.map_coordinates(ddf[0, c].numpy(), fixed.T, order=1) for c in range(ndim)], 1
+    )
+    ref = np.linalg.norm((fixed + u - moving) * spacing, axis=1)
+    ours = landmark_errors(
+        ddf,
+        torch.from_numpy(fixed)[None],
+        torch.from_numpy(moving)[None],
+        torch.from_numpy(spacing)[None],
+    )
+    np.testing.assert_allclose(ours[0].numpy(), ref, rtol=1e-10)
+    value = regzoo.build("metric", "tre")(
+        ddf=ddf.float(),
+        fixed_landmarks=torch.from_numpy(fixed)[None].float(),
+        moving_landmarks=torch.from_numpy(moving)[None].float(),
+        spacing=torch.from_numpy(spacing)[None].float(),
+    )
+    assert value.item() == pytest.approx(ref.mean(), rel=1e-5)
+
+
+# --- summaries -----------------------------------------------------------------------------------
+
+
+def test_summarize_follows_the_learn2reg_aggregates():
+    values = np.array([0.61, 0.72, math.nan, 0.55, 0.80, 0.69, 0.77, 0.58])
+    finite = values[~np.isnan(values)]
+    out = summarize(torch.from_numpy(values))
+    assert out["n"] == 7
+    assert out["mean"] == pytest.approx(finite.mean())
+    assert out["std"] == pytest.approx(finite.std())
+    assert out["median"] == pytest.approx(np.median(finite))
+    assert out["p30"] == pytest.approx(np.quantile(finite, 0.3))
+    assert summarize(list(values)) == out
+    empty = summarize([math.nan])
+    assert empty["n"] == 0 and math.isnan(empty["p30"])

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import typer
 
 from ..errors import UserError
+from . import files  # noqa: F401  (registers register/apply)
 from .app import app
 
 __all__ = ["app", "main"]
@@ -38,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (usage or isinstance(err, UserError)):
             if debug or os.environ.get("REGZOO_DEBUG"):
                 raise
-            print(f"regzoo: internal error: {type(err).__name__}: {err} (rerun with --debug)", file=sys.stderr)
+            print(
+                f"regzoo: internal error: {type(err).__name__}: {err} (rerun with --debug)",
+                file=sys.stderr,
+            )
             return _exit(1, argv)
         if debug:
             traceback.print_exc()

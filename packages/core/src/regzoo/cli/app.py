@@ -28,7 +28,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cud
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 Overrides = Annotated[
-    Optional[list[str]], typer.Argument(help="Config overrides key=value, e.g. train.steps=200.", show_default=False)
+    Optional[list[str]],
+    typer.Argument(help="Config overrides key=value, e.g. train.steps=200.", show_default=False),
 ]
 
 
@@ -39,7 +40,9 @@ def _echo_json(obj: Any) -> None:
 @app.command("list")
 def list_command(
     pattern: Annotated[str, typer.Argument(help="Glob pattern, e.g. 'transmorph*'.")] = "*",
-    kind: Annotated[Optional[str], typer.Option("--kind", help=f"One of: {', '.join(KINDS)}.")] = None,
+    kind: Annotated[
+        Optional[str], typer.Option("--kind", help=f"One of: {', '.join(KINDS)}.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List registered models (or parts of another kind) with their summaries."""
@@ -93,7 +96,9 @@ def info_command(
     if entry.tags:
         typer.echo(f"  tags: {', '.join(entry.tags)}")
     if kind == "model":
-        typer.echo("  parameters: " + ", ".join(f"{k} {v:,}" for k, v in info["parameters"].items()))
+        typer.echo(
+            "  parameters: " + ", ".join(f"{k} {v:,}" for k, v in info["parameters"].items())
+        )
     if entry.presets:
         typer.echo(f"  presets: {', '.join(entry.presets)}")
     typer.echo("  default config:")
@@ -128,7 +133,15 @@ def _run_torchrun(nproc: int) -> int:
         if a.startswith("--nproc="):
             continue
         cleaned.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "regzoo", *cleaned]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "regzoo",
+        *cleaned,
+    ]
     return subprocess.call(cmd)
 
 
@@ -137,9 +150,13 @@ def train_command(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     overrides: Overrides = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML config file.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/NAME).")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Run directory (default runs/NAME).")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
-    weights: Annotated[Optional[Path], typer.Option("--weights", help="Initial weights file.")] = None,
+    weights: Annotated[
+        Optional[Path], typer.Option("--weights", help="Initial weights file.")
+    ] = None,
     nproc: Annotated[int, typer.Option("--nproc", help="Processes (torchrun shortcut).")] = 1,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -196,8 +213,12 @@ def _data_overrides(path: Path) -> list[str]:
 def evaluate_command(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (last.pt / best.pt).")],
     overrides: Overrides = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="NIfTI folder or Learn2Reg dataset.json.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json and cases.csv.")] = None,
+    data: Annotated[
+        Optional[Path], typer.Option("--data", help="NIfTI folder or Learn2Reg dataset.json.")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Folder for metrics.json and cases.csv.")
+    ] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -220,7 +241,13 @@ def evaluate_command(
     dataset = build_dataset(cfg, cfg.eval.split)
     overview = out / "overview.png" if out is not None and cfg.eval.overview else None
     res = evaluate(
-        model, dataset, runtime.device, list(cfg.eval.metrics), cfg.eval.max_pairs, cfg.eval.label_warp, overview
+        model,
+        dataset,
+        runtime.device,
+        list(cfg.eval.metrics),
+        cfg.eval.max_pairs,
+        cfg.eval.label_warp,
+        overview,
     )
     if out is not None:
         from ..engine.report import write_report

@@ -1,1 +1,28 @@
-"""(being written)"""
+"""Data: the embedded synthetic generator, NIfTI folders and Learn2Reg datasets, file I/O.
+
+Registered datasets: ``synth`` (:class:`SynthDataset`, METHODS.md B15), ``folder``
+(:class:`FolderDataset`) and ``learn2reg`` (:class:`Learn2RegDataset`). Items are dicts in the
+batch format of DESIGN.md without the batch dimension; :func:`make_loader` batches them.
+"""
+
+from .datasets import SynthDataset
+from .files import FilePairDataset, FolderDataset, Learn2RegDataset, Scan
+from .io import ImageInfo, load_ddf, load_image, save_ddf, save_image
+from .loader import collate, make_loader
+from .synth import SynthMorphGenerator
+
+__all__ = [
+    "SynthDataset",
+    "SynthMorphGenerator",
+    "FilePairDataset",
+    "FolderDataset",
+    "Learn2RegDataset",
+    "Scan",
+    "ImageInfo",
+    "load_image",
+    "save_image",
+    "save_ddf",
+    "load_ddf",
+    "make_loader",
+    "collate",
+]

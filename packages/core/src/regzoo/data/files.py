@@ -1,0 +1,595 @@
+"""Datasets of real images: a folder of NIfTI files (``folder``) and Learn2Reg's layout (``learn2reg``).
+
+Both build every item the same way (:class:`FilePairDataset`):
+
+1. the fixed image is read in canonical RAS orientation (:func:`regzoo.data.io.load_image`),
+   optionally resampled to ``spacing`` (mm) and then cropped/padded (centred) to ``size`` or to
+   the next multiple of ``pad_multiple``: this is the *model grid*, returned as ``fixed_affine``;
+2. the moving image is resampled onto the model grid in physical space (once, linearly; its
+   label map by nearest neighbour), so the network works on the fixed grid;
+3. intensities are normalised per image (``normalize``: ``percentile`` by default).
+
+Items: ``moving``, ``fixed`` ``(1, *S)`` float32; ``moving_label``, ``fixed_label`` ``(1, *S)``
+int64 when the dataset has label maps (where some images lack one, missing maps are zeros and
+``labelled`` says whether both exist); ``moving_landmarks``, ``fixed_landmarks`` ``(N, ndim)``
+float32 model-grid voxels where both images have landmarks (Learn2Reg keypoints); ``spacing``
+``(ndim,)`` float32 mm of the model grid;
+``fixed_affine`` ``(4, 4)`` float64 voxel-to-RAS of the model grid; ``moving_path``,
+``fixed_path`` strings. To write results on the fixed file's grid, pass ``fixed_affine`` to
+:func:`regzoo.data.io.save_image` / :func:`~regzoo.data.io.save_ddf` with the fixed image's info.
+
+Items of different sizes do not collate into one batch: set ``size`` (or use batch size 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, DataError
+from ..registry import Paper, register_dataset
+from .grid import (
+    NORMALISATIONS,
+    grid_spacing,
+    normalize_intensity,
+    padded_grid,
+    resample,
+    rescaled_grid,
+)
+from .io import ImageInfo, load_image
+from .pairs import check_pairing, natural_length, pair_subjects, split_id
+
+__all__ = [
+    "Scan",
+    "FilePairDataset",
+    "FolderDataset",
+    "Learn2RegDataset",
+    "IMAGE_EXTENSIONS",
+    "LEARN2REG",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".mgz", ".mgh", ".img")
+
+LEARN2REG = Paper(
+    "Hering, Hansen, Mok, Chung, Siebert, et al.",
+    "Learn2Reg: comprehensive multi-task medical image registration challenge, dataset and "
+    "evaluation in the era of deep learning",
+    "IEEE TMI 42(3)",
+    2023,
+    "https://doi.org/10.1109/TMI.2022.3213983",
+)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One image file, its optional label map and landmarks (CSV of voxel indices, one per row)."""
+
+    image: str
+    label: str | None = None
+    landmarks: str | None = None
+
+
+def _strip_extension(name: str) -> str:
+    for ext in IMAGE_EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _is_image(name: str) -> bool:
+    return name.endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+class FilePairDataset(Dataset):
+    """Registration pairs of image files, preprocessed onto the fixed image's grid.
+
+    Subclasses fill ``self.scans`` and either ``self.pairs`` (explicit ``(moving, fixed)`` scan
+    indices) or leave it ``None`` to pair ``self.scans`` by ``pairing``.
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"`` (seeds the random pairs).
+        pairing: ``"random"``, ``"atlas"``, ``"all"`` (or ``"paired"`` for listed pairs).
+        atlas: the atlas of ``pairing="atlas"``: an index into the sorted scans or a file name.
+        length: number of items (default: the pairing's natural count).
+        normalize: ``"percentile"``, ``"minmax"``, ``"zscore"`` or ``"none"``.
+        percentiles: of ``"percentile"``.
+        clip: optional intensity window ``(low, high)`` applied before normalising.
+        spacing: resample the fixed grid to this voxel size (mm, one value or one per axis).
+        size: crop/pad the model grid to this size (centred).
+        pad_multiple: otherwise pad each axis to a multiple of this (16 for a 4-level U-Net).
+        cache_size: number of preprocessed files kept in memory (per process).
+        seed: seeds the random pairs.
+    """
+
+    scans: list[Scan]
+    pairs: list[tuple[int, int]] | None
+
+    def __init__(
+        self,
+        split: str = "train",
+        pairing: str = "random",
+        atlas: Any = 0,
+        length: int | None = None,
+        normalize: str = "percentile",
+        percentiles: Sequence[float] = (0.5, 99.5),
+        clip: Sequence[float] | None = None,
+        spacing: Any = None,
+        size: Any = None,
+        pad_multiple: int | None = 16,
+        cache_size: int = 8,
+        seed: int = 0,
+    ) -> None:
+        if normalize not in NORMALISATIONS:
+            raise ConfigError(
+                f"normalize must be one of {', '.join(NORMALISATIONS)}, got {normalize!r}"
+            )
+        self.split = split
+        self._split = split_id(split)
+        self.pairing = pairing
+        self.length_override = length
+        self.normalize, self.percentiles, self.clip = normalize, tuple(percentiles), clip
+        self.target_spacing, self.size, self.pad_multiple = spacing, size, pad_multiple
+        self.seed = int(seed)
+        self.atlas_spec = atlas
+        self._cache: OrderedDict[tuple[str, bool], tuple[np.ndarray, ImageInfo]] = OrderedDict()
+        self._cache_size = int(cache_size)
+        self._num_labels: int | None = None
+
+    def _finish_setup(self) -> None:
+        """Validate the scans and pairing once subclasses have listed them."""
+        if not self.scans:
+            raise DataError(f"{self.describe()}: no images found")
+        if self.pairs is None:
+            self.atlas = self._atlas_index(self.atlas_spec)
+            check_pairing(self.pairing, ("random", "atlas", "all"), len(self.scans), self.atlas)
+            natural = natural_length(self.pairing, len(self.scans))
+        else:
+            self.atlas = 0
+            natural = len(self.pairs)
+        self.length = int(self.length_override) if self.length_override is not None else natural
+        labelled = [s.label is not None for s in self.scans]
+        self.has_labels = any(labelled)
+        self.partially_labelled = self.has_labels and not all(labelled)
+
+    def describe(self) -> str:
+        """Where the data come from, for messages."""
+        return type(self).__name__
+
+    @property
+    def num_labels(self) -> int | None:
+        """Largest label + 1 over all label maps (read once, on first use); None without labels."""
+        if self._num_labels is None and self.has_labels:
+            self._num_labels = 1 + max(
+                int(load_image(s.label, label=True)[0].max()) for s in self.scans if s.label
+            )
+        return self._num_labels
+
+    def _atlas_index(self, atlas: Any) -> int:
+        if isinstance(atlas, int):
+            return atlas
+        names = [os.path.basename(s.image) for s in self.scans]
+        for i, name in enumerate(names):
+            if atlas in (name, _strip_extension(name)):
+                return i
+        raise ConfigError(f"atlas {atlas!r} is not one of the images of {self.describe()}")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def pair(self, index: int) -> tuple[Scan, Scan]:
+        """``(moving, fixed)`` scans of item ``index``."""
+        if self.pairs is not None:
+            m, f = self.pairs[index % len(self.pairs)]
+        else:
+            m, f = pair_subjects(
+                self.pairing, len(self.scans), index, (self.seed, self._split), self.atlas
+            )
+        return self.scans[m], self.scans[f]
+
+    # -- loading --------------------------------------------------------------------------------
+    def _load(self, path: str, label: bool) -> tuple[np.ndarray, ImageInfo]:
+        key = (path, label)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        array, info = load_image(path, label=label)
+        if not label:
+            array = normalize_intensity(array, self.normalize, self.percentiles, self.clip)
+        self.check_image(info)
+        if self._cache_size > 0:
+            self._cache[key] = (array, info)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return array, info
+
+    def check_image(self, info: ImageInfo) -> None:
+        """Hook for dataset-specific checks of a loaded image (raise :class:`DataError`)."""
+
+    def _load_scan(self, scan: Scan) -> tuple[np.ndarray, ImageInfo, np.ndarray | None]:
+        image, info = self._load(scan.image, False)
+        if scan.label is None:
+            return image, info, None
+        label, linfo = self._load(scan.label, True)
+        if linfo.shape != info.shape:
+            raise DataError(
+                f"{scan.label}: label map shape {linfo.file_shape} does not match its image "
+                f"{scan.image} of shape {info.file_shape}"
+            )
+        if not np.allclose(linfo.grid_affine, info.grid_affine, atol=1e-3):
+            raise DataError(
+                f"{scan.label}: label map lies on another grid (affine) than its image {scan.image}"
+            )
+        return image, info, label
+
+    def model_grid(self, info: ImageInfo) -> tuple[tuple[int, ...], np.ndarray]:
+        """The grid the model works on for a fixed image: resampled to ``spacing``, then padded."""
+        shape, affine = info.shape, info.grid_affine
+        if self.target_spacing is not None:
+            shape, affine = rescaled_grid(
+                shape,
+                affine,
+                np.broadcast_to(np.asarray(self.target_spacing, dtype=float), (info.ndim,)),
+            )
+        return padded_grid(
+            shape, affine, self.size, None if self.size is not None else self.pad_multiple
+        )
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -self.length <= index < self.length:
+            raise IndexError(f"{self.describe()}: index {index} out of range ({self.length} items)")
+        index %= self.length
+        moving_scan, fixed_scan = self.pair(index)
+        fixed, finfo, fixed_label = self._load_scan(fixed_scan)
+        moving, minfo, moving_label = self._load_scan(moving_scan)
+        if minfo.ndim != finfo.ndim:
+            raise DataError(
+                f"{moving_scan.image}: a {minfo.ndim}D image cannot move to the {finfo.ndim}D {fixed_scan.image}"
+            )
+        shape, affine = self.model_grid(finfo)
+
+        def onto(array: np.ndarray, info: ImageInfo, nearest: bool) -> torch.Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(array))[None]
+            return resample(
+                t, info.grid_affine, shape, affine, "nearest" if nearest else "bilinear"
+            )
+
+        item: dict[str, Any] = {
+            "moving": onto(moving, minfo, False),
+            "fixed": onto(fixed, finfo, False),
+        }
+        if self.has_labels:
+            zeros = torch.zeros((1, *shape), dtype=torch.int64)
+            item["moving_label"] = (
+                zeros if moving_label is None else onto(moving_label, minfo, True)
+            )
+            item["fixed_label"] = zeros if fixed_label is None else onto(fixed_label, finfo, True)
+            if self.partially_labelled:
+                item["labelled"] = torch.tensor(
+                    moving_label is not None and fixed_label is not None
+                )
+        if moving_scan.landmarks and fixed_scan.landmarks:
+            moving_points = _landmarks(moving_scan.landmarks, minfo, affine)
+            fixed_points = _landmarks(fixed_scan.landmarks, finfo, affine)
+            if moving_points.shape != fixed_points.shape:
+                raise DataError(
+                    f"{moving_scan.landmarks}: {len(moving_points)} landmarks do not correspond "
+                    f"to the {len(fixed_points)} of {fixed_scan.landmarks}"
+                )
+            item["moving_landmarks"], item["fixed_landmarks"] = moving_points, fixed_points
+        item["spacing"] = torch.as_tensor(grid_spacing(affine, len(shape)), dtype=torch.float32)
+        item["fixed_affine"] = torch.as_tensor(affine, dtype=torch.float64)
+        item["moving_path"] = moving_scan.image
+        item["fixed_path"] = fixed_scan.image
+        return item
+
+
+def _landmarks(path: str, info: ImageInfo, grid_affine: np.ndarray) -> torch.Tensor:
+    """Landmarks ``(N, ndim)`` float32 in voxels of the model grid, from a CSV of file voxel indices."""
+    try:
+        points = np.atleast_2d(np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read landmarks ({err})") from None
+    file_ndim = len(info.file_shape)
+    if points.shape[1] != file_ndim or not np.isfinite(points).all():
+        raise DataError(f"{path}: landmarks must be N rows of {file_ndim} finite voxel indices")
+    homogeneous = np.zeros((len(points), 4))
+    homogeneous[:, :file_ndim] = points
+    homogeneous[:, 3] = 1
+    world = homogeneous @ info.affine.T
+    voxels = world @ np.linalg.inv(grid_affine).T
+    return torch.as_tensor(voxels[:, : info.ndim], dtype=torch.float32)
+
+
+def _scan_folder(folder: Path, label_suffix: str) -> list[Scan]:
+    """Scans of one folder: ``images/`` + ``labels/`` (same names), or flat with ``*<suffix>``."""
+    if (folder / "images").is_dir():
+        names = sorted(n for n in os.listdir(folder / "images") if _is_image(n))
+        labels = folder / "labels"
+        return [
+            Scan(str(folder / "images" / n), str(labels / n) if (labels / n).is_file() else None)
+            for n in names
+        ]
+    names = sorted(n for n in os.listdir(folder) if _is_image(n) and (folder / n).is_file())
+    stems = {_strip_extension(n): n for n in names}
+    scans = []
+    for name in names:
+        stem = _strip_extension(name)
+        if label_suffix and stem.endswith(label_suffix) and stem[: -len(label_suffix)] in stems:
+            continue
+        label = (
+            next(
+                (
+                    str(folder / (stem + label_suffix + ext))
+                    for ext in IMAGE_EXTENSIONS
+                    if (folder / (stem + label_suffix + ext)).is_file()
+                ),
+                None,
+            )
+            if label_suffix
+            else None
+        )
+        scans.append(Scan(str(folder / name), label))
+    return scans
+
+
+@register_dataset(
+    "folder",
+    summary="A folder of NIfTI images with optional label maps, paired at random, to an atlas or all pairs.",
+    tags=("2d", "3d", "files", "labels"),
+)
+class FolderDataset(FilePairDataset):
+    """Pairs of the images in a folder (see the module docstring for preprocessing and items).
+
+    Layout (per split folder, i.e. ``root/<split>/`` when it exists, else ``root`` for every
+    split)::
+
+        root/images/a.nii.gz  root/labels/a.nii.gz       images + optional labels, same names
+        root/a.nii.gz         root/a_seg.nii.gz          or flat, labels named <image><suffix>
+
+    Args:
+        root: the folder.
+        label_suffix: suffix of label maps in a flat folder (``"_seg"``); ``""`` for none.
+        split, pairing, atlas, length, normalize, percentiles, clip, spacing, size, pad_multiple,
+            cache_size, seed: see :class:`FilePairDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        pairing: str = "random",
+        atlas: Any = 0,
+        label_suffix: str = "_seg",
+        length: int | None = None,
+        normalize: str = "percentile",
+        percentiles: Sequence[float] = (0.5, 99.5),
+        clip: Sequence[float] | None = None,
+        spacing: Any = None,
+        size: Any = None,
+        pad_multiple: int | None = 16,
+        cache_size: int = 8,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            split,
+            pairing,
+            atlas,
+            length,
+            normalize,
+            percentiles,
+            clip,
+            spacing,
+            size,
+            pad_multiple,
+            cache_size,
+            seed,
+        )
+        base = Path(root)
+        if not base.is_dir():
+            raise DataError(f"{root}: no such folder")
+        self.root = base / split if (base / split).is_dir() else base
+        self.scans = _scan_folder(self.root, label_suffix)
+        self.pairs = None
+        self._finish_setup()
+
+    def describe(self) -> str:
+        return f"folder {self.root}"
+
+
+def _l2r_label_count(labels: Any) -> int | None:
+    """Number of labels (max label + 1) from a Learn2Reg ``labels`` entry, if it lists any."""
+    if isinstance(labels, dict) and labels:
+        inner = next(iter(labels.values()))
+        keys = inner.keys() if isinstance(inner, dict) else labels.keys()
+        values = [int(k) for k in keys if str(k).lstrip("-").isdigit()]
+        return max(values) + 1 if values else None
+    return None
+
+
+@register_dataset(
+    "learn2reg",
+    summary="A Learn2Reg challenge dataset (dataset.json, imagesTr/labelsTr): training, validation and test pairs.",
+    paper=LEARN2REG,
+    tags=("3d", "files", "labels"),
+)
+class Learn2RegDataset(FilePairDataset):
+    """The Learn2Reg layout: ``<root>/<NAME>_dataset.json`` with ``imagesTr/``, ``labelsTr/``.
+
+    The json lists ``training`` images (``{"image": "./imagesTr/X_0001_0000.nii.gz", "label":
+    "./labelsTr/...", "mask": ..., "keypoints": ...}``), pairs under ``training_paired_images``,
+    ``registration_val`` and ``registration_test`` (``{"fixed": ..., "moving": ...}``), and
+    ``tensorImageShape`` (``{"0": [X, Y, Z]}``, per modality). Splits:
+
+    - ``train``: the listed ``training_paired_images`` (``pairing="paired"``, the default when the
+      json lists some), else pairs of the training images (``random``/``atlas``/``all``) without
+      the images of the validation and test pairs;
+    - ``val``: ``registration_val``; ``test``: ``registration_test``.
+
+    Label maps come from the ``label`` entry of an image in ``training``, or from ``labelsTr/``
+    with the image's file name; every image is checked against ``tensorImageShape``. Keypoints
+    (a ``keypoints`` or ``landmarks`` CSV of voxel indices, one point per row) become
+    ``moving_landmarks`` / ``fixed_landmarks`` ``(N, ndim)`` in model-grid voxels when both
+    images of a pair have them (rows correspond, as in NLST).
+
+    Args:
+        root: the folder holding the json.
+        json_file: the json's name (default: the single ``*dataset.json`` in ``root``).
+        split, pairing, atlas, length, normalize, percentiles, clip, spacing, size, pad_multiple,
+            cache_size, seed: see :class:`FilePairDataset`; ``pairing=None`` chooses as above.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        json_file: str | None = None,
+        pairing: str | None = None,
+        atlas: Any = 0,
+        length: int | None = None,
+        normalize: str = "percentile",
+        percentiles: Sequence[float] = (0.5, 99.5),
+        clip: Sequence[float] | None = None,
+        spacing: Any = None,
+        size: Any = None,
+        pad_multiple: int | None = 16,
+        cache_size: int = 8,
+        seed: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.json_path = self._find_json(json_file)
+        try:
+            meta = json.loads(self.json_path.read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(f"{self.json_path}: cannot read the dataset json ({err})") from None
+        self.meta = meta
+        listed = {
+            "train": "training_paired_images",
+            "val": "registration_val",
+            "test": "registration_test",
+        }
+        key = listed.get(split)
+        pairs_json = (meta.get(key) or []) if key else []
+        if pairing is None:
+            pairing = "paired" if split != "train" or pairs_json else "random"
+        super().__init__(
+            split,
+            pairing,
+            atlas,
+            length,
+            normalize,
+            percentiles,
+            clip,
+            spacing,
+            size,
+            pad_multiple,
+            cache_size,
+            seed,
+        )
+        self.modalities: dict[str, str] = dict(meta.get("modality", {}))
+        self._num_labels = _l2r_label_count(meta.get("labels"))
+        shapes = meta.get("tensorImageShape") or {}
+        self.shapes = (
+            {str(k): tuple(int(s) for s in v) for k, v in shapes.items()}
+            if isinstance(shapes, dict)
+            else {}
+        )
+        labels, points = {}, {}
+        for entry in meta.get("training", []) or []:
+            if isinstance(entry, dict) and "image" in entry:
+                image = self._path(entry["image"])
+                labels[image] = self._path(entry["label"]) if entry.get("label") else None
+                csv = entry.get("keypoints") or entry.get("landmarks")
+                points[image] = self._path(csv) if csv and csv.endswith(".csv") else None
+        self._labels, self._points = labels, points
+        if pairing == "paired":
+            if not pairs_json and split == "train":
+                raise ConfigError(
+                    f"{self.json_path}: lists no training_paired_images; use pairing=random"
+                )
+            if not pairs_json:
+                raise DataError(f"{self.json_path}: lists no pairs under {key}")
+            index: dict[str, int] = {}
+            self.scans, self.pairs = [], []
+            for p in pairs_json:
+                try:
+                    m, f = self._path(p["moving"]), self._path(p["fixed"])
+                except (KeyError, TypeError):
+                    raise DataError(
+                        f"{self.json_path}: {key} entries need 'fixed' and 'moving', got {p!r}"
+                    ) from None
+                for path in (m, f):
+                    if path not in index:
+                        index[path] = len(self.scans)
+                        self.scans.append(self._scan(path))
+                self.pairs.append((index[m], index[f]))
+        else:
+            if split != "train":
+                raise ConfigError(
+                    f"learn2reg: the {split} split has listed pairs only (pairing='paired')"
+                )
+            held_out = {
+                self._path(p[role])
+                for k in ("registration_val", "registration_test")
+                for p in meta.get(k) or []
+                for role in ("fixed", "moving")
+                if isinstance(p, dict) and role in p
+            }
+            images = sorted(p for p in labels if p not in held_out)
+            self.scans = [self._scan(p) for p in images]
+            self.pairs = None
+        self._finish_setup()
+
+    def _find_json(self, json_file: str | None) -> Path:
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: no such folder")
+        if json_file is not None:
+            path = self.root / json_file
+            if not path.is_file():
+                raise DataError(f"{path}: no such file")
+            return path
+        found = sorted(p for p in self.root.glob("*dataset.json") if p.is_file())
+        if len(found) != 1:
+            what = "no" if not found else f"{len(found)}"
+            raise DataError(f"{self.root}: found {what} *dataset.json files; set json_file")
+        return found[0]
+
+    def _path(self, rel: str) -> str:
+        return str((self.root / rel).resolve()) if not os.path.isabs(rel) else rel
+
+    def _scan(self, image: str) -> Scan:
+        points = self._points.get(image)
+        return Scan(
+            image, self._label_of(image), points if points and os.path.isfile(points) else None
+        )
+
+    def _label_of(self, image: str) -> str | None:
+        label = self._labels.get(image)
+        if label is None:
+            candidate = Path(
+                image.replace(f"{os.sep}imagesTr{os.sep}", f"{os.sep}labelsTr{os.sep}")
+            )
+            label = str(candidate) if str(candidate) != image and candidate.is_file() else None
+        return label if label is not None and os.path.isfile(label) else None
+
+    def describe(self) -> str:
+        return f"learn2reg {self.json_path}"
+
+    def check_image(self, info: ImageInfo) -> None:
+        if not self.shapes:
+            return
+        stem = _strip_extension(os.path.basename(info.path))
+        modality = stem.rsplit("_", 1)[-1].lstrip("0") or "0"
+        expected = self.shapes.get(modality, self.shapes.get("0"))
+        if expected is not None and tuple(info.file_shape) != expected:
+            raise DataError(
+                f"{info.path}: shape {info.file_shape} differs from the dataset's tensorImageShape {list(expected)}"
+            )

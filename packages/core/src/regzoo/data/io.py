@@ -1,0 +1,343 @@
+"""Reading and writing images, label maps and displacement fields (DESIGN.md "Files").
+
+- :func:`load_image` reads anything nibabel reads, reorients it to the closest canonical (RAS)
+  orientation (``nibabel.as_closest_canonical``'s axis permutation and flips) and checks it; the
+  tensor axes are the array axes after that. A trailing singleton 4th axis is dropped, and a 3D
+  array with one singleton axis is a 2D image.
+- :func:`save_image` writes an array of the canonical grid back onto the reference's original
+  grid, with the reference's header (the fixed image's header for ``warped.nii.gz``).
+- :func:`save_ddf` writes a displacement field the way ITK reads one: a 5D ``(X, Y, Z, 1, ndim)``
+  NIfTI with intent ``VECTOR`` (1007), vectors in millimetres in ITK's LPS world frame, on the
+  reference's original grid. SimpleITK then applies it directly::
+
+      field = sitk.ReadImage("ddf.nii.gz", sitk.sitkVectorFloat64)
+      warped = sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field))
+
+  which samples the moving image at ``x + ddf(x)`` for every fixed point ``x``, as regzoo's
+  :func:`~regzoo.spatial.warp` does in voxel units. 2D fields are ``(X, Y, 1, 1, 2)`` and assume
+  the image plane is the world's x-y plane (ITK reads a 2D NIfTI's in-plane directions only).
+
+Registration runs on the fixed image's grid: a moving image on another grid is first resampled
+onto it in physical space (:func:`regzoo.data.grid.resample`), so the network's ``ddf`` maps fixed
+voxels to positions on that same grid. Every error about a file is a :class:`DataError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from nibabel.orientations import (
+    apply_orientation,
+    axcodes2ornt,
+    inv_ornt_aff,
+    io_orientation,
+    ornt_transform,
+)
+
+from ..errors import DataError
+from .grid import grid_spacing, resample
+
+__all__ = ["ImageInfo", "load_image", "save_image", "save_ddf", "load_ddf", "NIFTI_INTENT_VECTOR"]
+
+NIFTI_INTENT_VECTOR = 1007
+_RAS = axcodes2ornt(("R", "A", "S"))
+_LPS = np.array([-1.0, -1.0, 1.0])
+
+
+@dataclass
+class ImageInfo:
+    """Where an array came from and how to put an array back there.
+
+    Attributes:
+        path: the file.
+        affine: the file's voxel-to-RAS affine (4x4).
+        header: the file's header (NIfTI-1/2; other formats converted to NIfTI-1).
+        file_shape: the file's array shape (trailing singleton 4th axis dropped).
+        ornt: nibabel orientation transform from the file's axes to RAS.
+        squeezed: for a 2D image, the canonical 3D axis of size 1 that was removed, else None.
+        shape: spatial shape of the canonical (tensor) array.
+        grid_affine: voxel-to-RAS affine of the canonical array (2D: first two columns are its
+            axes).
+    """
+
+    path: str
+    affine: np.ndarray
+    header: Any
+    file_shape: tuple[int, ...]
+    ornt: np.ndarray
+    squeezed: int | None
+    shape: tuple[int, ...]
+    grid_affine: np.ndarray
+
+    @property
+    def ndim(self) -> int:
+        """2 or 3."""
+        return len(self.shape)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size (mm) along the canonical axes, ``(ndim,)``."""
+        return grid_spacing(self.grid_affine, self.ndim)
+
+
+def _read(path: str | os.PathLike) -> Any:
+    path = str(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        return nib.load(path)
+    except Exception as err:  # nibabel raises many types for unreadable files
+        raise DataError(f"{path}: cannot read as an image ({type(err).__name__}: {err})") from None
+
+
+def _as_3d(data_shape: tuple[int, ...], path: str) -> tuple[int, ...]:
+    shape = tuple(data_shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    if len(shape) != 3:
+        raise DataError(
+            f"{path}: expected a 2D or 3D image, got an array of shape {tuple(data_shape)}"
+        )
+    if sum(s == 1 for s in shape) > 1:
+        raise DataError(
+            f"{path}: image of shape {tuple(data_shape)} has fewer than 2 non-singleton axes"
+        )
+    return shape
+
+
+def load_image(path: str | os.PathLike, label: bool = False) -> tuple[np.ndarray, ImageInfo]:
+    """Read an image (or a label map with ``label=True``) in canonical RAS orientation.
+
+    Returns:
+        ``(array, info)``: the array ``(*S)`` (float32 for images, int64 for label maps) with
+        ``S`` its canonical spatial shape, and the :class:`ImageInfo` to write results back.
+
+    Raises:
+        DataError: unreadable file, not 2D/3D, NaN or infinite values, a label map with
+            non-integer or negative values; the message names the file.
+    """
+    path = str(path)
+    img = _read(path)
+    shape3 = _as_3d(img.shape, path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise DataError(
+            f"{path}: cannot read the image data ({type(err).__name__}: {err})"
+        ) from None
+    data = data.reshape(shape3)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise DataError(f"{path}: contains NaN or infinite values")
+    if label:
+        if np.issubdtype(data.dtype, np.floating):
+            if not np.array_equal(data, np.round(data)):
+                bad = data[data != np.round(data)].flat[0]
+                raise DataError(f"{path}: a label map must hold integers, found the value {bad:g}")
+        elif not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
+            raise DataError(f"{path}: a label map must hold integers, got dtype {data.dtype}")
+        if data.size and data.min() < 0:
+            raise DataError(f"{path}: a label map must not hold negative values ({data.min():g})")
+        data = data.astype(np.int64)
+    else:
+        data = data.astype(np.float32)
+    ornt = io_orientation(img.affine)
+    canonical = apply_orientation(data, ornt)
+    grid_affine = img.affine @ inv_ornt_aff(ornt, shape3)
+    squeezed = None
+    if 1 in canonical.shape:
+        squeezed = canonical.shape.index(1)
+        canonical = canonical.squeeze(squeezed)
+        order = [a for a in range(3) if a != squeezed] + [squeezed, 3]
+        grid_affine = grid_affine[:, order]
+    header = (
+        img.header
+        if isinstance(img.header, nib.Nifti1Header)
+        else nib.Nifti1Header.from_header(img.header)
+    )
+    info = ImageInfo(
+        path=path,
+        affine=np.asarray(img.affine, dtype=np.float64),
+        header=header.copy(),
+        file_shape=tuple(int(s) for s in img.shape[:3])
+        if len(img.shape) >= 3
+        else tuple(img.shape),
+        ornt=ornt,
+        squeezed=squeezed,
+        shape=tuple(int(s) for s in canonical.shape),
+        grid_affine=np.asarray(grid_affine, dtype=np.float64),
+    )
+    return np.ascontiguousarray(canonical), info
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _onto_reference(
+    array: np.ndarray, reference: ImageInfo, affine: np.ndarray | None, mode: str
+) -> np.ndarray:
+    """``(C, *S)`` on grid ``affine`` -> ``(C, *reference.shape)`` on the reference's canonical grid."""
+    if affine is None:
+        if tuple(array.shape[1:]) != reference.shape:
+            raise DataError(
+                f"{reference.path}: array of shape {tuple(array.shape[1:])} does not match the "
+                f"image's shape {reference.shape}; pass the affine of the array's grid"
+            )
+        return array
+    affine = _to_numpy(affine).astype(np.float64)
+    if tuple(array.shape[1:]) == reference.shape and np.allclose(
+        affine, reference.grid_affine, atol=1e-6
+    ):
+        return array
+    out = resample(
+        torch.from_numpy(np.ascontiguousarray(array)),
+        affine,
+        reference.shape,
+        reference.grid_affine,
+        mode,
+        "border" if mode == "bilinear" else "zeros",
+    )
+    return out.numpy()
+
+
+def _to_file_axes(array: np.ndarray, reference: ImageInfo) -> np.ndarray:
+    """Canonical ``(*S, ...)`` (trailing axes kept) -> the file's array order ``(*file_shape, ...)``."""
+    if reference.squeezed is not None:
+        array = np.expand_dims(array, reference.squeezed)
+    back = ornt_transform(_RAS, reference.ornt)
+    out = apply_orientation(array, back)
+    return out.reshape(*reference.file_shape, *array.shape[3:])
+
+
+def _write(
+    data: np.ndarray, reference: ImageInfo, path: str | os.PathLike, intent: str | None
+) -> None:
+    header = reference.header.copy()
+    header.set_data_dtype(data.dtype)
+    header.set_slope_inter(np.nan, np.nan)
+    img = nib.Nifti1Image(data, reference.affine, header=header)
+    qform, qcode = reference.header.get_qform(coded=True)
+    sform, scode = reference.header.get_sform(coded=True)
+    img.set_qform(
+        qform if qform is not None else reference.affine, int(qcode) if qform is not None else 1
+    )
+    img.set_sform(
+        sform if sform is not None else reference.affine, int(scode) if sform is not None else 1
+    )
+    img.header.set_intent(intent or "none")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+
+
+def save_image(
+    array: Any, reference: ImageInfo, path: str | os.PathLike, affine: Any = None
+) -> None:
+    """Write ``array`` (canonical axes) onto ``reference``'s original grid with its header.
+
+    Args:
+        array: ``(*S)`` or ``(1, *S)`` (tensor or array). Floating arrays are written as float32,
+            integer (label) arrays as int32.
+        reference: the image whose grid and header the output takes (the fixed image).
+        path: output file (``.nii.gz``).
+        affine: the 4x4 affine of ``array``'s grid when it is not the reference's canonical grid
+            (e.g. a batch's ``fixed_affine`` after resampling or padding); the array is then
+            resampled onto the reference grid (linear for floats, nearest for integers).
+    """
+    data = _to_numpy(array)
+    if data.ndim == reference.ndim + 1 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != reference.ndim:
+        raise DataError(
+            f"{path}: cannot write an array of shape {data.shape} as a {reference.ndim}D image"
+        )
+    integer = not np.issubdtype(data.dtype, np.floating)
+    data = _onto_reference(data[None], reference, affine, "nearest" if integer else "bilinear")[0]
+    data = data.astype(np.int32 if integer else np.float32)
+    _write(_to_file_axes(data, reference), reference, path, None)
+
+
+def save_ddf(ddf: Any, reference: ImageInfo, path: str | os.PathLike, affine: Any = None) -> None:
+    """Write a displacement field as ITK reads it (module docstring) on ``reference``'s grid.
+
+    Args:
+        ddf: ``(ndim, *S)`` or ``(1, ndim, *S)``, voxel units of the canonical grid, regzoo's
+            convention (``warped[x] = moving[x + ddf[x]]``).
+        reference: the fixed image.
+        path: output file.
+        affine: the 4x4 affine of ``ddf``'s grid, if it is not the reference's canonical grid;
+            the physical field is then resampled (linearly) onto the reference grid.
+    """
+    field = _to_numpy(ddf).astype(np.float64)
+    if field.ndim == reference.ndim + 2 and field.shape[0] == 1:
+        field = field[0]
+    ndim = reference.ndim
+    if field.ndim != ndim + 1 or field.shape[0] != ndim:
+        raise DataError(
+            f"{path}: a {ndim}D displacement field must be ({ndim}, *S), got {field.shape}"
+        )
+    grid = reference.grid_affine if affine is None else _to_numpy(affine).astype(np.float64)
+    mm = np.tensordot(grid[:3, :ndim], field, axes=(1, 0)) * _LPS.reshape(3, *([1] * ndim))
+    mm = _onto_reference(mm.astype(np.float32), reference, affine, "bilinear")
+    vectors = np.moveaxis(mm[:ndim], 0, -1)  # (*S, ndim): LPS components, x and y for 2D
+    data = _to_file_axes(vectors, reference)  # (*file_shape, ndim)
+    data = data.reshape(*data.shape[:-1], *([1] * (3 - (data.ndim - 1))), 1, ndim)
+    _write(data.astype(np.float32), reference, path, "vector")
+
+
+def load_ddf(
+    path: str | os.PathLike, reference: ImageInfo | None = None
+) -> tuple[np.ndarray, ImageInfo]:
+    """Read a field written by :func:`save_ddf` (or ITK/ANTs): ``(ndim, *S)`` canonical voxel units.
+
+    ``reference`` gives the dimensionality when the file alone is ambiguous; by default a field
+    with 2 components is 2D. Returns the field and the :class:`ImageInfo` of its grid.
+    """
+    path = str(path)
+    img = _read(path)
+    shape = img.shape
+    if len(shape) != 5 or shape[3] != 1 or shape[4] not in (2, 3):
+        raise DataError(
+            f"{path}: a displacement field must be (X, Y, Z, 1, ndim), got shape {shape}"
+        )
+    ndim = reference.ndim if reference is not None else int(shape[4])
+    vectors = np.asarray(img.dataobj, dtype=np.float64)[:, :, :, 0, :]
+    if not np.isfinite(vectors).all():
+        raise DataError(f"{path}: contains NaN or infinite values")
+    ornt = io_orientation(img.affine)
+    canonical = apply_orientation(vectors, ornt)
+    grid_affine = img.affine @ inv_ornt_aff(ornt, vectors.shape[:3])
+    squeezed = None
+    if ndim == 2:
+        if 1 not in canonical.shape[:3]:
+            raise DataError(
+                f"{path}: a 2D displacement field needs a singleton spatial axis, got {shape}"
+            )
+        squeezed = canonical.shape[:3].index(1)
+        canonical = canonical.squeeze(squeezed)
+        grid_affine = grid_affine[:, [a for a in range(3) if a != squeezed] + [squeezed, 3]]
+    mm = np.zeros((*canonical.shape[:-1], 3))
+    mm[..., : canonical.shape[-1]] = canonical
+    mm *= _LPS  # LPS -> RAS (the same sign flips)
+    voxels = np.linalg.pinv(grid_affine[:3, :ndim]) @ mm[..., None]
+    header = img.header.copy()
+    info = ImageInfo(
+        path=path,
+        affine=np.asarray(img.affine, dtype=np.float64),
+        header=header,
+        file_shape=tuple(int(s) for s in shape[:3]),
+        ornt=ornt,
+        squeezed=squeezed,
+        shape=tuple(int(s) for s in canonical.shape[:-1]),
+        grid_affine=np.asarray(grid_affine, dtype=np.float64),
+    )
+    return np.moveaxis(voxels[..., 0], -1, 0).astype(np.float32), info

@@ -1,0 +1,221 @@
+"""The embedded synthetic data (METHODS.md B15): determinism, splits, shapes, contrasts, pairings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+import regzoo
+from regzoo.data import SynthDataset, make_loader
+from regzoo.data.synth import (
+    gaussian_blur,
+    perlin_noise,
+    random_affine,
+    random_diffeomorphism,
+    seeded_generator,
+)
+from regzoo.errors import ConfigError
+from regzoo.spatial import affine_to_ddf, jacobian_determinant, warp
+
+
+def _synth(**kw) -> SynthDataset:
+    return regzoo.build("dataset", {"name": "synth", **kw})
+
+
+def _dice(a: torch.Tensor, b: torch.Tensor, num_labels: int) -> float:
+    """Mean Dice over the labels present in either map."""
+    scores = []
+    for j in range(num_labels):
+        x, y = a == j, b == j
+        total = int(x.sum() + y.sum())
+        if total:
+            scores.append(2 * int((x & y).sum()) / total)
+    return float(np.mean(scores))
+
+
+def test_items_are_deterministic_and_seeded() -> None:
+    a, b = _synth(seed=3)[5], _synth(seed=3)[5]
+    for key in a:
+        assert torch.equal(a[key], b[key])
+    c = _synth(seed=4)[5]
+    assert not torch.equal(a["moving_label"], c["moving_label"])
+    assert not torch.equal(a["moving"], _synth(seed=3)[6]["moving"])
+
+
+def test_splits_have_different_subjects() -> None:
+    common = {"pairing": "atlas", "fresh": False}
+    train, val, test = (_synth(split=s, **common) for s in ("train", "val", "test"))
+    atlases = [ds[0]["fixed_label"] for ds in (train, val, test)]
+    assert not torch.equal(atlases[0], atlases[1]) and not torch.equal(atlases[1], atlases[2])
+    assert len(val) == 15 and len(train) == 199
+
+
+@pytest.mark.parametrize("ndim, size", [(2, 64), (3, 24)])
+def test_shapes_and_dtypes(ndim: int, size: int) -> None:
+    ds = _synth(ndim=ndim, size=size, num_labels=6)
+    item = ds[0]
+    shape = (1, 64, 64) if ndim == 2 else (1, 24, 24, 24)
+    for key in ("moving", "fixed"):
+        assert item[key].shape == shape and item[key].dtype == torch.float32
+        assert 0.0 <= float(item[key].min()) and float(item[key].max()) <= 1.0
+    for key in ("moving_label", "fixed_label"):
+        assert item[key].shape == shape and item[key].dtype == torch.int64
+        assert 0 <= int(item[key].min()) and int(item[key].max()) < 6
+    assert item["spacing"].dtype == torch.float32 and torch.equal(item["spacing"], torch.ones(ndim))
+    batch = next(iter(make_loader(ds, batch_size=2, shuffle=True, seed=0)))
+    assert batch["moving"].shape == (2, *shape) and batch["moving_label"].shape == (2, *shape)
+
+
+def test_default_lengths_and_fresh_draws() -> None:
+    train = _synth()
+    assert train.fresh and len(train) == 10_000
+    val = _synth(split="val")
+    assert not val.fresh and len(val) == 16
+    assert len(_synth(split="val", pairing="all", num_subjects=4)) == 12
+    assert len(_synth(split="test", pairing="atlas", num_subjects={"test": 5})) == 4
+    # fixed scans: subject 1's scan is the same as moving (pair 1->0) and as fixed (pair 0->1)
+    all_pairs = _synth(split="val", pairing="all", num_subjects=3)
+    (m, f), _, _ = all_pairs.scan_keys(2)  # pairs: (0,1) (0,2) (1,0) ...
+    assert (m, f) == (1, 0)
+    assert torch.equal(all_pairs[2]["moving"], all_pairs[0]["fixed"])
+    # fresh scans: the same subject looks different in two items
+    fresh = _synth(num_subjects=1)
+    assert not torch.equal(fresh[0]["fixed_label"], fresh[1]["fixed_label"])
+
+
+def test_pairings() -> None:
+    n = 5
+    atlas = _synth(split="val", pairing="atlas", num_subjects=n)
+    assert [atlas.scan_keys(i)[0] for i in range(4)] == [(1, 0), (2, 0), (3, 0), (4, 0)]
+    assert torch.equal(atlas[0]["fixed"], atlas[3]["fixed"])
+    everything = _synth(split="val", pairing="all", num_subjects=n)
+    pairs = {everything.scan_keys(i)[0] for i in range(len(everything))}
+    assert pairs == {(a, b) for a in range(n) for b in range(n) if a != b}
+    rand = _synth(pairing="random", num_subjects=n)
+    draws = [rand.scan_keys(i)[0] for i in range(50)]
+    assert all(a != b for a, b in draws) and len(set(draws)) > 10
+    intra = _synth(split="val", num_subjects=n)
+    assert all(intra.scan_keys(i)[0] == (i, i) for i in range(n))
+    with pytest.raises(ConfigError):
+        _synth(pairing="paired")
+    with pytest.raises(ConfigError):
+        _synth(deformation="elastic")
+    with pytest.raises(ConfigError):
+        _synth(split="validation")
+
+
+def test_identity_dice_of_default_pairs_is_moderate() -> None:
+    val = _synth(split="val")
+    dice = [
+        _dice(val[i]["moving_label"], val[i]["fixed_label"], val.num_labels)
+        for i in range(len(val))
+    ]
+    assert 0.3 < float(np.mean(dice)) < 0.8
+
+
+def _mean_correlation(ds: SynthDataset, n: int = 8) -> float:
+    rs = []
+    for i in range(n):
+        item = ds[i]
+        # label-mean intensities of both images, on the labels present in both
+        present = [
+            j
+            for j in range(ds.num_labels)
+            if (item["moving_label"] == j).any() and (item["fixed_label"] == j).any()
+        ]
+        m = [float(item["moving"][item["moving_label"] == j].mean()) for j in present]
+        f = [float(item["fixed"][item["fixed_label"] == j].mean()) for j in present]
+        rs.append(np.corrcoef(m, f)[0, 1])
+    return float(np.mean(rs))
+
+
+def test_multimodal_pairs_have_different_contrasts() -> None:
+    uni = _mean_correlation(_synth(split="val"))
+    multi = _mean_correlation(_synth(split="val", multimodal=True))
+    assert uni > 0.9
+    assert multi < 0.5 and multi < uni - 0.4
+
+
+def test_random_affine_ranges() -> None:
+    for ndim in (2, 3):
+        for k in range(50):
+            theta = random_affine(
+                ndim, (32,) * ndim, seeded_generator(ndim, k), 30.0, (0.8, 1.2), 0.1
+            )
+            u, s, vt = torch.linalg.svd(theta[:, :ndim])
+            rot = u @ vt
+            angle = math.degrees(
+                math.acos(max(-1.0, min(1.0, (float(torch.trace(rot)) - (ndim - 2)) / 2)))
+            )
+            assert angle <= 30.0 + 1e-3
+            assert 0.8 - 1e-5 <= float(s.min()) and float(s.max()) <= 1.2 + 1e-5
+            assert float(theta[:, ndim].abs().max()) <= 3.2 + 1e-5
+
+
+def test_affine_pairs_are_rotated_within_range() -> None:
+    """Recover each pair's rotation by search: the best angle lies in [-max, max], not all ~0."""
+    ds = _synth(
+        split="val",
+        deformation="affine",
+        scale_range=(1.0, 1.0),
+        max_translation=0.0,
+        max_rotation=20.0,
+    )
+    angles = torch.arange(-40.0, 40.5, 2.0)
+    t = torch.deg2rad(angles)
+    zero = torch.zeros_like(t)
+    theta = torch.stack(
+        [torch.stack([t.cos(), -t.sin(), zero], -1), torch.stack([t.sin(), t.cos(), zero], -1)], 1
+    )
+    rotations = affine_to_ddf(theta, ds.shape)
+    inner = (slice(None), slice(None), slice(12, -12), slice(12, -12))
+    found = []
+    for i in range(6):
+        item = ds[i]
+        back = warp(item["fixed_label"][None].float(), rotations, mode="nearest").long()
+        scores = (back[inner] == item["moving_label"][None][inner]).float().mean(dim=(1, 2, 3))
+        assert float(scores.max()) > 0.9  # the pair is a pure rotation
+        found.append(float(angles[int(scores.argmax())]))
+    assert all(abs(a) <= 22.0 for a in found)
+    assert max(abs(a) for a in found) >= 6.0
+
+
+def test_random_diffeomorphisms_do_not_fold() -> None:
+    for k in range(8):
+        ddf = random_diffeomorphism((64, 64), 6.0, 16.0, seeded_generator(9, k))
+        # the determinant zero-pads the field: the Learn2Reg scorer's 2-voxel crop
+        assert float(jacobian_determinant(ddf[None])[0, 2:-2, 2:-2].min()) > 0
+
+
+def test_gaussian_blur_matches_scipy() -> None:
+    x = torch.rand(1, 20, 17, generator=torch.Generator().manual_seed(0))
+    ref = gaussian_filter(x[0].numpy(), 1.0, mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(gaussian_blur(x, 1.0)[0].numpy(), ref, atol=1e-6)
+    x3 = torch.rand(1, 9, 10, 11, generator=torch.Generator().manual_seed(1))
+    ref3 = gaussian_filter(x3[0].numpy(), 1.5, mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(gaussian_blur(x3, 1.5)[0].numpy(), ref3, atol=1e-6)
+
+
+def test_perlin_noise_is_smooth_and_scaled() -> None:
+    g = seeded_generator(1)
+    noise = perlin_noise((64, 64), 16.0, 1.0, g, channels=200, modulate=False)
+    # linear interpolation of unit-variance noise: exactly 1 at the coarse grid points (every 21 px)
+    assert abs(float(noise[:, ::21, ::21].std()) - 1.0) < 0.05
+    assert float(noise.diff(dim=1).abs().mean()) < 0.15
+
+
+def test_workers_regenerate_the_same_items() -> None:
+    ds = _synth(num_labels=6, length=8)
+    main = list(make_loader(ds, batch_size=4, shuffle=True, seed=5))
+    workers = list(make_loader(ds, batch_size=4, shuffle=True, seed=5, workers=2))
+    assert len(main) == len(workers) == 2
+    for a, b in zip(main, workers):
+        assert torch.equal(a["moving"], b["moving"]) and torch.equal(
+            a["fixed_label"], b["fixed_label"]
+        )
+    other = list(make_loader(ds, batch_size=4, shuffle=True, seed=6))
+    assert not all(torch.equal(a["moving"], b["moving"]) for a, b in zip(main, other))

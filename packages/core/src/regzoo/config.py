@@ -73,7 +73,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"malformed override {item!r}: expected key=value, e.g. train.steps=200")
+            raise ConfigError(
+                f"malformed override {item!r}: expected key=value, e.g. train.steps=200"
+            )
         try:
             parsed = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:
@@ -99,6 +101,46 @@ def _load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of sections")
     return data
+
+
+def _replace_renamed(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``layer`` with every part config whose ``name`` changes given in full, not merged.
+
+    ``model.similarity.name=mse`` over ``{name: lncc, window: 9}`` must give ``{name: mse}``, not
+    an mse config with a stale ``window``.
+    """
+    out: dict[str, Any] = {}
+    for key, value in layer.items():
+        old = base.get(key) if isinstance(base, Mapping) else None
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            if "name" in value and value["name"] != old.get("name"):
+                out[key] = value  # marked for replacement by the caller
+                continue
+            out[key] = _replace_renamed(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _merge_parts(base: dict[str, Any], layer: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """Merge a ``model`` layer; a nested part whose ``name`` changes replaces the old part."""
+    merged = dict(base)
+    for key, value in _replace_renamed(base, layer).items():
+        old = merged.get(key)
+        renamed = (
+            isinstance(value, Mapping)
+            and isinstance(old, Mapping)
+            and value.get("name", old.get("name")) != old.get("name")
+        )
+        if renamed or not (isinstance(value, Mapping) and isinstance(old, Mapping)):
+            merged[key] = (
+                OmegaConf.to_container(OmegaConf.create(dict(value)))
+                if isinstance(value, Mapping)
+                else value
+            )
+        else:
+            merged[key] = _merge_parts(dict(old), value, what)
+    return merged
 
 
 def _merge(base: DictConfig, layer: Mapping[str, Any], what: str) -> DictConfig:
@@ -165,7 +207,11 @@ def resolve_config(
             raise ConfigError(f"model {name!r} has no preset {preset!r} (presets: {known})")
         layers.insert(0, (f"preset {preset!r}", dict(entry.presets.get(preset, {}))))
     else:
-        cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
+        cfg = OmegaConf.create(
+            OmegaConf.to_container(base, resolve=True)
+            if isinstance(base, DictConfig)
+            else dict(base)
+        )
         cfg.train = _merge(OmegaConf.structured(TrainConfig), cfg.train, "checkpoint train config")
         cfg.eval = _merge(OmegaConf.structured(EvalConfig), cfg.eval, "checkpoint eval config")
 
@@ -178,16 +224,18 @@ def resolve_config(
         if "data" in layer:
             if "name" in layer["data"] and layer["data"]["name"] != data_layer.get("name"):
                 data_layer = {}
-            data_layer = OmegaConf.to_container(_merge(OmegaConf.create(data_layer), layer["data"], what))
-        if "model" in layer:
-            model_explicit = OmegaConf.to_container(
-                _merge(OmegaConf.create(model_explicit), layer["model"], what)
+            data_layer = OmegaConf.to_container(
+                _merge(OmegaConf.create(data_layer), layer["data"], what)
             )
+        if "model" in layer:
+            model_explicit = _merge_parts(dict(model_explicit), dict(layer["model"]), what)
         if "preset" in layer:
             cfg.preset = layer["preset"]
 
     data_name = data_layer.pop("name", "synth")
-    data_cfg = get_registry("dataset").config(data_name, {k: v for k, v in data_layer.items() if k != "split"})
+    data_cfg = get_registry("dataset").config(
+        data_name, {k: v for k, v in data_layer.items() if k != "split"}
+    )
     model_explicit.pop("name", None)
     model_cfg = get_registry("model").config(name, model_explicit)
     if "ndim" in model_cfg and "ndim" not in model_explicit and "ndim" in data_cfg:

@@ -1,0 +1,144 @@
+"""regzoo plugin: TransMorph and its variants (Chen et al., Medical Image Analysis 82:102615, 2022).
+
+Registers the models ``transmorph``, ``transmorph-tiny``, ``transmorph-small``,
+``transmorph-large``, ``transmorph-diff``, ``transmorph-bspl``, ``transmorph-bayes`` (2D and 3D)
+and the backbones ``swin3d`` and ``swin2d``. Importing this module is cheap: the networks
+(:mod:`regzoo_transmorph.models`, :mod:`regzoo_transmorph.swin`) are imported when a builder runs.
+
+Official checkpoints load with ``regzoo train/register/evaluate NAME --weights FILE`` or
+:func:`regzoo_transmorph.checkpoint.load_official_checkpoint`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from regzoo import register_backbone, register_model
+
+from .configs import (
+    SWIN_2021,
+    TRANSMORPH_2022,
+    Swin2dConfig,
+    Swin3dConfig,
+    TransMorphBayesConfig,
+    TransMorphBSplineConfig,
+    TransMorphConfig,
+    TransMorphDiffConfig,
+    TransMorphLargeConfig,
+    TransMorphSmallConfig,
+    TransMorphTinyConfig,
+    presets,
+)
+
+__all__ = [
+    "build_transmorph",
+    "build_transmorph_diff",
+    "build_transmorph_bspl",
+    "build_transmorph_bayes",
+    "swin3d",
+    "swin2d",
+]
+
+__version__ = "0.1.0"
+
+
+def build_transmorph(**cfg: Any):
+    """:class:`~regzoo_transmorph.models.TransMorph` from a config (all four sizes)."""
+    from .models import TransMorph
+
+    return TransMorph(**cfg)
+
+
+for _name, _config, _size, _steps, _lr in (
+    ("transmorph", TransMorphConfig, "46.8M parameters", 100, 1e-4),
+    ("transmorph-tiny", TransMorphTinyConfig, "embed 6, 0.24M parameters", 300, 1e-3),
+    ("transmorph-small", TransMorphSmallConfig, "embed 48, 11.8M parameters", 100, 1e-4),
+    (
+        "transmorph-large",
+        TransMorphLargeConfig,
+        "embed 128, depths 2-2-12-2, 108M parameters",
+        100,
+        1e-4,
+    ),
+):
+    register_model(
+        _name,
+        summary=f"TransMorph: Swin Transformer encoder + conv decoder, dense field ({_size}).",
+        paper=TRANSMORPH_2022,
+        tags=("2d", "3d", "swin"),
+        config=_config,
+        presets=presets(_steps, _lr),
+    )(build_transmorph)
+
+
+@register_model(
+    "transmorph-diff",
+    summary="Probabilistic diffeomorphic TransMorph: half-resolution SVF mean/variance, KL prior.",
+    paper=TRANSMORPH_2022,
+    tags=("2d", "3d", "swin", "diffeomorphic", "probabilistic"),
+    config=TransMorphDiffConfig,
+    presets=presets(100, 1e-4, reg_weight=False),
+)
+def build_transmorph_diff(**cfg: Any):
+    """:class:`~regzoo_transmorph.models.TransMorphDiff` from a config."""
+    from .models import TransMorphDiff
+
+    return TransMorphDiff(**cfg)
+
+
+@register_model(
+    "transmorph-bspl",
+    summary="TransMorph with a cubic B-spline stationary velocity field (diffeomorphic).",
+    paper=TRANSMORPH_2022,
+    tags=("2d", "3d", "swin", "diffeomorphic", "bspline"),
+    config=TransMorphBSplineConfig,
+    presets=presets(100, 1e-4),
+)
+def build_transmorph_bspl(**cfg: Any):
+    """:class:`~regzoo_transmorph.models.TransMorphBSpline` from a config."""
+    from .models import TransMorphBSpline
+
+    return TransMorphBSpline(**cfg)
+
+
+@register_model(
+    "transmorph-bayes",
+    summary="TransMorph with Monte-Carlo dropout: mean field and per-voxel uncertainty.",
+    paper=TRANSMORPH_2022,
+    tags=("2d", "3d", "swin", "uncertainty"),
+    config=TransMorphBayesConfig,
+    presets=presets(100, 1e-4),
+)
+def build_transmorph_bayes(**cfg: Any):
+    """:class:`~regzoo_transmorph.models.TransMorphBayes` from a config."""
+    from .models import TransMorphBayes
+
+    return TransMorphBayes(**cfg)
+
+
+@register_backbone(
+    "swin3d",
+    summary="TransMorph's 3D Swin encoder: shifted (5, 6, 7) windows, one feature map per stage.",
+    paper=SWIN_2021,
+    tags=("3d",),
+    config=Swin3dConfig,
+)
+def swin3d(**cfg: Any):
+    """:class:`~regzoo_transmorph.swin.SwinEncoder` with ``ndim=3``."""
+    from .swin import SwinEncoder
+
+    return SwinEncoder(ndim=3, **cfg)
+
+
+@register_backbone(
+    "swin2d",
+    summary="TransMorph's 2D Swin encoder: shifted (8, 8) windows, one feature map per stage.",
+    paper=SWIN_2021,
+    tags=("2d",),
+    config=Swin2dConfig,
+)
+def swin2d(**cfg: Any):
+    """:class:`~regzoo_transmorph.swin.SwinEncoder` with ``ndim=2``."""
+    from .swin import SwinEncoder
+
+    return SwinEncoder(ndim=2, **cfg)

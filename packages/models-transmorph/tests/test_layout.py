@@ -1,0 +1,254 @@
+"""Parameter counts and state-dict layouts equal to the official TransMorph networks.
+
+The layouts below are written from the official code's module structure
+(junyuchen245/TransMorph_Transformer_for_Medical_Image_Registration: ``TransMorph.py``,
+``TransMorph_diff.py``, ``TransMorph_bspl.py``, ``TransMorph_Bayes.py``, ``RaFD/TransMorph2D``):
+every name and shape its ``state_dict()`` holds, buffers included, so a file saved from the official
+model looks exactly like these dicts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import regzoo
+from regzoo.engine.checkpoint import load_weights
+from regzoo_transmorph.checkpoint import load_official_checkpoint
+
+OFFICIAL_COUNTS = {
+    "transmorph": 46_771_251,
+    "transmorph-large": 108_343_907,
+    "transmorph-small": 11_757_195,
+    "transmorph-tiny": 244_527,
+}
+IMG_3D = (160, 192, 224)
+
+
+def _swin(embed, depths, heads, window, ndim=3, in_chans=2, patch=4, prefix="transformer."):
+    """Official ``SwinTransformer`` (qkv_bias False, rpe True, patch_norm True, 4 outputs)."""
+    k = (patch,) * ndim
+    n = math.prod(window)
+    table = math.prod(2 * w - 1 for w in window)
+    cell = 2**ndim
+    s = {
+        "patch_embed.proj.weight": (embed, in_chans, *k),
+        "patch_embed.proj.bias": (embed,),
+        "patch_embed.norm.weight": (embed,),
+        "patch_embed.norm.bias": (embed,),
+    }
+    for i, (depth, h) in enumerate(zip(depths, heads)):
+        c = embed * 2**i
+        for j in range(depth):
+            b = f"layers.{i}.blocks.{j}."
+            s.update(
+                {
+                    b + "norm1.weight": (c,),
+                    b + "norm1.bias": (c,),
+                    b + "attn.relative_position_bias_table": (table, h),
+                    b + "attn.relative_position_index": (n, n),
+                    b + "attn.qkv.weight": (3 * c, c),
+                    b + "attn.proj.weight": (c, c),
+                    b + "attn.proj.bias": (c,),
+                    b + "norm2.weight": (c,),
+                    b + "norm2.bias": (c,),
+                    b + "mlp.fc1.weight": (4 * c, c),
+                    b + "mlp.fc1.bias": (4 * c,),
+                    b + "mlp.fc2.weight": (c, 4 * c),
+                    b + "mlp.fc2.bias": (c,),
+                }
+            )
+        if i < len(depths) - 1:
+            s[f"layers.{i}.downsample.reduction.weight"] = (2 * c, cell * c)
+            s[f"layers.{i}.downsample.norm.weight"] = (cell * c,)
+            s[f"layers.{i}.downsample.norm.bias"] = (cell * c,)
+    for i in range(len(depths)):
+        s[f"norm{i}.weight"] = (embed * 2**i,)
+        s[f"norm{i}.bias"] = (embed * 2**i,)
+    return {prefix + key: shape for key, shape in s.items()}
+
+
+def _conv(name, out, inp, ndim, bias=False):
+    s = {name + ".weight": (out, inp, *(3,) * ndim)}
+    if bias:
+        s[name + ".bias"] = (out,)
+    return s
+
+
+def _decoder(embed, ndim, up3_out, full, reg_head_chan=16, prefix=""):
+    """``up0``-``up3`` (+ ``up4``), ``c1`` (+ ``c2``): DecoderBlock = conv1, conv2 of Conv3dReLU."""
+    e = embed
+    blocks = [("up0", 8 * e, 4 * e, 4 * e), ("up1", 4 * e, 2 * e, 2 * e), ("up2", 2 * e, e, e)]
+    blocks.append(("up3", e, up3_out, e // 2))
+    if full:
+        blocks.append(("up4", e // 2, reg_head_chan, reg_head_chan))
+    s = {}
+    for name, inp, out, skip in blocks:
+        s.update(_conv(f"{prefix}{name}.conv1.0", out, inp + skip, ndim))
+        s.update(_conv(f"{prefix}{name}.conv2.0", out, out, ndim))
+    s.update(_conv(prefix + "c1.0", e // 2, 2, ndim))
+    if full:
+        s.update(_conv(prefix + "c2.0", reg_head_chan, 2, ndim))
+    return s
+
+
+def official_transmorph(embed=96, depths=(2, 2, 4, 2), heads=(4, 4, 8, 8), ndim=3, img=IMG_3D):
+    """``TransMorph(config)``: encoder, decoder, ``reg_head``, ``spatial_trans.grid``."""
+    window = (5, 6, 7) if ndim == 3 else (8, 8)
+    s = _swin(embed, depths, heads, window, ndim)
+    s.update(_decoder(embed, ndim, embed // 2, full=True))
+    s.update(_conv("reg_head.0", ndim, 16, ndim, bias=True))
+    s["spatial_trans.grid"] = (1, ndim, *img)
+    return s
+
+
+def official_diff(embed=96, depths=(2, 2, 4, 2), heads=(4, 4, 8, 8)):
+    """``TransMorphDiff``: half-resolution decoder (``up3`` to 16), ``flow_mean``, ``flow_sigma``."""
+    s = _swin(embed, depths, heads, (5, 6, 7))
+    s.update(_decoder(embed, 3, 16, full=False))
+    s.update(_conv("flow_mean", 3, 16, 3, bias=True))
+    s.update(_conv("flow_sigma", 3, 16, 3, bias=True))
+    return s
+
+
+def official_bspl(embed=96, depths=(2, 2, 4, 2), heads=(4, 4, 8, 8)):
+    """``TranMorphBSplineNet``: half-resolution decoder, ``resize_conv``, ``out_layer``."""
+    s = _swin(embed, depths, heads, (5, 6, 7))
+    s.update(_decoder(embed, 3, embed // 2, full=False))
+    s.update(_conv("resize_conv.0.0", 32, embed // 2, 3, bias=True))
+    s.update(_conv("resize_conv.1.0", 32, 32, 3, bias=True))
+    s.update(_conv("out_layer", 3, 32, 3, bias=True))
+    return s
+
+
+def official_bayes(embed=96, depths=(2, 2, 4, 2), heads=(4, 4, 8, 8)):
+    """``TransMorphBayes``: ``net`` (a TransMorph with unused ``reg_head``, ``sigma_head``,
+    ``spatial_trans``) and its own ``reg_head`` and ``spatial_trans``."""
+    s = {"net." + k: v for k, v in official_transmorph(embed, depths, heads).items()}
+    s.update(_conv("net.sigma_head.0", 1, 16, 3, bias=True))
+    s.update(_conv("reg_head.0", 3, 16, 3, bias=True))
+    s["spatial_trans.grid"] = (1, 3, *IMG_3D)
+    return s
+
+
+def _is_buffer(name):
+    return name.endswith(("relative_position_index", "spatial_trans.grid"))
+
+
+def _random_state(layout, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in layout.items():
+        if name.endswith("relative_position_index"):
+            state[name] = torch.randint(0, 5, shape, generator=g)
+        else:
+            state[name] = torch.randn(shape, generator=g)
+    return state
+
+
+def _meta_model(name, **overrides):
+    with torch.device("meta"):
+        return regzoo.create_model(name, **overrides)
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_COUNTS))
+def test_parameter_counts_equal_official(name):
+    model = _meta_model(name)
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_COUNTS[name]
+
+
+def test_layout_description_counts_official_parameters():
+    # The layout written above is the official network: its parameters sum to the official count.
+    layout = official_transmorph()
+    total = sum(math.prod(s) for k, s in layout.items() if not _is_buffer(k))
+    assert total == OFFICIAL_COUNTS["transmorph"]
+
+
+def test_official_state_dict_loads_strictly_into_transmorph():
+    layout = official_transmorph()
+    state = {
+        k: torch.empty(s, dtype=torch.long if "index" in k else torch.float32)
+        for k, s in layout.items()
+    }
+    model = _meta_model("transmorph")
+    result = model.load_state_dict(state, strict=True, assign=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        k: s for k, s in layout.items() if not _is_buffer(k)
+    }
+
+
+def test_official_2d_state_dict_loads_into_2d_transmorph():
+    layout = official_transmorph(ndim=2, img=(256, 256))
+    state = {
+        k: torch.empty(s, dtype=torch.long if "index" in k else torch.float32)
+        for k, s in layout.items()
+    }
+    model = _meta_model("transmorph", ndim=2)
+    model.load_state_dict(state, strict=True, assign=True)
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        math.prod(s) for k, s in layout.items() if not _is_buffer(k)
+    )
+
+
+TINY = {"embed": 6, "heads": (2, 2, 4, 4)}
+
+
+@pytest.mark.parametrize("with_grid", [True, False])
+def test_released_checkpoint_file_loads_through_engine(tmp_path, with_grid):
+    layout = official_transmorph(**TINY, img=(32, 32, 32))
+    state = _random_state(layout)
+    if not with_grid:
+        del state["spatial_trans.grid"]
+    path = tmp_path / "dsc0.744.pth.tar"
+    torch.save({"epoch": 500, "state_dict": state, "best_dsc": 0.744, "optimizer": {}}, path)
+    model = regzoo.create_model("transmorph-tiny")
+    load_weights(model, path)
+    loaded = model.state_dict()
+    for key, value in state.items():
+        if not _is_buffer(key):
+            assert torch.equal(loaded[key], value), key
+    # The index is recomputed from the window size, whatever the file held.
+    attn = model.transformer.layers[0].blocks[0].attn
+    assert attn.relative_position_index.max() == attn.relative_position_bias_table.shape[0] - 1
+
+
+def test_dataparallel_prefix_and_mismatch(tmp_path):
+    state = {"module." + k: v for k, v in _random_state(official_transmorph(**TINY)).items()}
+    model = regzoo.create_model("transmorph-tiny")
+    load_official_checkpoint(model, {"state_dict": state})
+    assert torch.equal(model.reg_head[0].bias, state["module.reg_head.0.bias"])
+    msg = r"shapes differ \(e\.g\. c1\.0\.weight: \(3, 2, 3, 3, 3\) in the file, \(24, 2, 3, 3, 3\) in"
+    with pytest.raises(ValueError, match=msg):
+        load_official_checkpoint(regzoo.create_model("transmorph-small"), {"state_dict": state})
+    del state["module.c2.0.weight"]
+    with pytest.raises(ValueError, match=r"1 missing \(e\.g\. c2\.0\.weight\)"):
+        load_official_checkpoint(model, state)
+
+
+@pytest.mark.parametrize(
+    "name,layout",
+    [
+        ("transmorph-diff", official_diff(**TINY)),
+        ("transmorph-bspl", official_bspl(**TINY)),
+        ("transmorph-bayes", official_bayes(**TINY)),
+    ],
+)
+def test_variant_checkpoints_load(name, layout):
+    state = _random_state(layout)
+    model = regzoo.create_model(name, embed_dim=6, num_heads=[2, 2, 4, 4])
+    load_official_checkpoint(model, state)
+    loaded = model.state_dict()
+    used = {k for k in layout if not _is_buffer(k) and not k.startswith(model.unused_official_keys)}
+    assert set(loaded) == used
+    for key in used:
+        assert torch.equal(loaded[key], state[key]), key
+
+
+def test_bayes_unused_official_heads_are_only_dropped_by_the_filter():
+    state = _random_state(official_bayes(**TINY))
+    model = regzoo.create_model("transmorph-bayes", embed_dim=6, num_heads=[2, 2, 4, 4])
+    with pytest.raises(RuntimeError, match="sigma_head"):
+        model.load_state_dict(state, strict=True)

@@ -1,0 +1,181 @@
+"""Behaviour of the TransMorph models: any input size, variants' heads, Monte-Carlo sampling,
+activation checkpointing, the B-spline transformation model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.interpolate import BSpline
+
+import regzoo
+from regzoo.errors import ConfigError, UserError
+from regzoo_transmorph.bspline import bspline_kernel_1d, bspline_to_dense
+from regzoo_transmorph.models import TransMorph
+
+SMALL = {"embed_dim": 6, "num_heads": [2, 2, 4, 4]}
+
+
+def _pair(*shape, batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "moving": torch.rand(batch, 1, *shape, generator=g),
+        "fixed": torch.rand(batch, 1, *shape, generator=g),
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["transmorph-tiny", "transmorph-diff", "transmorph-bspl", "transmorph-bayes"]
+)
+def test_2d_any_size(name):
+    model = regzoo.create_model(name, ndim=2, **({} if name == "transmorph-tiny" else SMALL)).eval()
+    batch = _pair(45, 70, batch=2)
+    with torch.no_grad():
+        out = model(batch)
+    assert out.ddf.shape == (2, 2, 45, 70) and out.warped.shape == (2, 1, 45, 70)
+    assert torch.isfinite(out.ddf).all()
+
+
+@pytest.mark.slow
+def test_150x170x190_registers_at_full_size():
+    model = regzoo.create_model("transmorph-tiny").eval()
+    with torch.no_grad():
+        out = model(_pair(150, 170, 190))
+    assert out.ddf.shape == (1, 3, 150, 170, 190)
+    assert out.warped.shape == (1, 1, 150, 170, 190)
+    assert torch.isfinite(out.ddf).all()
+
+
+def test_mismatched_pair_is_a_user_error():
+    model = regzoo.create_model("transmorph-tiny", ndim=2)
+    batch = {"moving": torch.rand(1, 1, 32, 32), "fixed": torch.rand(1, 1, 32, 40)}
+    with pytest.raises(UserError, match="one size"):
+        model(batch)
+    with pytest.raises(UserError, match="2D"):
+        model(_pair(32, 32, 32))
+
+
+def test_segmentation_term_uses_warped_one_hot_labels():
+    model = regzoo.create_model("transmorph-tiny", ndim=2, seg_weight=1.0)
+    batch = _pair(32, 32)
+    batch["moving_label"] = torch.randint(0, 4, (1, 1, 32, 32))
+    batch["fixed_label"] = torch.randint(0, 5, (1, 1, 32, 32))
+    out = model(batch)
+    assert out.warped_label.shape == (1, 5, 32, 32)
+    total = out.warped_label.sum(1)
+    # Probabilities inside the image; samples from outside it are zero (zero padding).
+    torch.testing.assert_close(total[:, 2:-2, 2:-2], torch.ones(1, 28, 28), atol=1e-5, rtol=0)
+    assert total.max() <= 1 + 1e-5
+    terms = model.loss(batch, out)
+    assert "segmentation" in terms
+    torch.testing.assert_close(
+        terms["loss"], terms["similarity"] + terms["regularizer"] + terms["segmentation"]
+    )
+
+
+def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = TransMorph(ndim=2, **SMALL, drop_path_rate=0.0)
+    ckpt = TransMorph(ndim=2, **SMALL, drop_path_rate=0.0, use_checkpoint=True)
+    ckpt.load_state_dict(plain.state_dict())
+    batch = _pair(64, 64)
+    grads = []
+    for model in (plain, ckpt):
+        out = model(batch)
+        model.loss(batch, out)["loss"].backward()
+        grads.append((out.ddf.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+
+
+def test_diff_squares_the_head_output_without_prescaling():
+    # Official TransMorph-diff: velocity = 2**7 * head output, half-resolution displacement
+    # upsampled without rescaling. A constant head output c moves every interior voxel by 128 c.
+    model = regzoo.create_model("transmorph-diff", ndim=2, **SMALL).eval()
+    with torch.no_grad():
+        model.flow_mean.weight.zero_()
+        model.flow_mean.bias.copy_(torch.tensor([0.01, -0.02]))
+        out = model(_pair(64, 64))
+    torch.testing.assert_close(
+        out.ddf[0, :, 28:36, 28:36].mean((1, 2)), torch.tensor([1.28, -2.56])
+    )
+    assert out.velocity.shape == (1, 2, 32, 32)
+    assert set(out.extras) == {"flow_mean", "flow_log_sigma", "ddf_half"}
+
+
+def test_diff_samples_only_in_training():
+    model = regzoo.create_model("transmorph-diff", ndim=2, **SMALL, drop_path_rate=0.0)
+    with torch.no_grad():
+        model.flow_sigma.bias.fill_(0.0)  # unit variance, so samples differ visibly
+        batch = _pair(32, 32)
+        model.train()
+        a, b = model(batch).ddf, model(batch).ddf
+        model.eval()
+        c, d = model(batch).ddf, model(batch).ddf
+    assert not torch.allclose(a, b)
+    assert torch.equal(c, d)
+
+
+def test_bayes_dropout_stays_on_and_sample_moments():
+    model = regzoo.create_model("transmorph-bayes", ndim=2, **SMALL).eval()
+    batch = _pair(32, 32)
+    with torch.no_grad():
+        assert not torch.equal(model(batch).ddf, model(batch).ddf)
+        torch.manual_seed(1)
+        draws = torch.stack([model(batch).ddf for _ in range(5)])
+    torch.manual_seed(1)
+    out = model.sample(batch, k=5)
+    torch.testing.assert_close(out.ddf, draws.mean(0))
+    torch.testing.assert_close(
+        out.uncertainty, draws.var(0).sum(1, keepdim=True), rtol=1e-4, atol=1e-12
+    )
+    assert out.uncertainty.shape == (1, 1, 32, 32) and out.extras[
+        "appearance_uncertainty"
+    ].shape == (1, 1, 32, 32)
+    assert out.uncertainty.max() > 0
+    with pytest.raises(ConfigError):
+        model.sample(batch, k=1)
+
+
+def test_bayes_without_dropout_has_zero_uncertainty():
+    model = regzoo.create_model("transmorph-bayes", ndim=2, **SMALL, mc_drop=0.0).eval()
+    batch = _pair(32, 32)
+    out = model.sample(batch, k=3)
+    assert torch.all(out.uncertainty == 0)
+    with torch.no_grad():
+        torch.testing.assert_close(out.ddf, model(batch).ddf)
+
+
+def test_bspline_kernel_is_the_cubic_bspline_and_a_partition_of_unity():
+    k = bspline_kernel_1d(3).double()
+    assert k.numel() == 11
+    torch.testing.assert_close(k[5], torch.tensor(2 / 3, dtype=torch.float64), rtol=0, atol=1e-7)
+    # Taps spaced by the stride sum to one at every phase.
+    for phase in range(3):
+        torch.testing.assert_close(
+            k[phase::3].sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-6, rtol=0
+        )
+
+
+@pytest.mark.parametrize("spacing", [1, 3, 5])
+def test_bspline_to_dense_matches_scipy(spacing):
+    n = 23
+    rng = np.random.default_rng(spacing)
+    m = int(np.ceil((n - 1) / spacing)) + 3
+    coeffs = rng.standard_normal(m)
+    # Control point j is centred at voxel (j - 1) * s: its cubic basis has knots (j - 3) s ... (j + 1) s.
+    knots = (np.arange(m + 4) - 3.0) * spacing
+    expected = BSpline(knots, coeffs, 3)(np.arange(n))
+    control = torch.tensor(coeffs, dtype=torch.float64).view(1, 1, m, 1).expand(1, 1, m, 6)
+    ours = bspline_to_dense(control.contiguous(), (n, 4), (spacing, 1))
+    # The second axis holds equal control values: the interpolant is constant along it.
+    np.testing.assert_allclose(ours[0, 0, :, 0].numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(ours[0, 0, :, 2].numpy(), expected, atol=1e-6)
+
+
+def test_bspline_rejects_a_wrong_grid_and_bad_cps():
+    with pytest.raises(ValueError, match="control grid"):
+        bspline_to_dense(torch.zeros(1, 2, 5, 5), (20, 20), (3, 3))
+    with pytest.raises(ConfigError, match="cps"):
+        regzoo.create_model("transmorph-bspl", ndim=2, cps=[3, 3, 3])

@@ -1,0 +1,93 @@
+"""Training on the embedded synthetic 3D pairs at 64x64x64 (slow), as the ``quick`` preset makes
+them (velocity fields of up to 10 voxels std).
+
+TransMorph-Tiny, trained with its ``quick`` recipe for 80 steps, raises the held-out Dice over no
+registration by at least 0.1 (measured: 0.52 -> 0.66); every other variant takes training steps
+with a falling loss, and the diffeomorphic variants (-diff, -bspl) leave under 0.01% of the
+voxels folded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import regzoo
+from regzoo.engine.optim import Optimizers, make_optimizer
+from regzoo.metrics import dice_per_label
+from regzoo.spatial import warp_labels
+
+QUICK = regzoo.get_entry("model", "transmorph-tiny").presets["quick"]
+POOL = 16  # training pairs, cycled
+HELD_OUT = 4
+STEPS = 80
+MARGIN = 0.1
+
+
+def _synth(split: str, count: int) -> list[dict[str, torch.Tensor]]:
+    data = regzoo.build("dataset", {**QUICK["data"], "split": split})
+    return [{k: v[None] for k, v in data[i].items()} for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def train_pairs():
+    return _synth("train", POOL)
+
+
+def _optimizers(model, lr: float, amsgrad: bool = True) -> Optimizers:
+    groups = model.parameter_groups().items()
+    return Optimizers({k: make_optimizer(p, lr=lr, amsgrad=amsgrad) for k, p in groups})
+
+
+def _mean_dice(model, pairs) -> tuple[float, float]:
+    """Mean Dice over labels and pairs without registration and after it."""
+    before, after = [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in pairs:
+            warped = warp_labels(batch["moving_label"], model(batch).ddf)
+            before.append(dice_per_label(batch["moving_label"], batch["fixed_label"]).nanmean())
+            after.append(dice_per_label(warped, batch["fixed_label"]).nanmean())
+    model.train()
+    return float(torch.stack(before).mean()), float(torch.stack(after).mean())
+
+
+@pytest.mark.slow
+def test_tiny_quick_preset_raises_held_out_dice(train_pairs):
+    assert QUICK["data"]["size"] == [64, 64, 64] and QUICK["data"]["ndim"] == 3
+    torch.manual_seed(0)
+    model = regzoo.create_model("transmorph-tiny", **QUICK["model"])
+    optim = _optimizers(model, QUICK["train"]["lr"], QUICK["train"]["amsgrad"])
+    for step in range(STEPS):
+        model.training_step(train_pairs[step % POOL], optim, step)
+    before, after = _mean_dice(model, _synth("test", HELD_OUT))
+    assert after >= before + MARGIN, f"Dice {before:.3f} -> {after:.3f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        "transmorph",
+        "transmorph-small",
+        "transmorph-large",
+        "transmorph-diff",
+        "transmorph-bspl",
+        "transmorph-bayes",
+    ],
+)
+def test_variant_trains_with_falling_loss(name, train_pairs):
+    batch = train_pairs[0]
+    torch.manual_seed(0)
+    model = regzoo.create_model(name)
+    optim = _optimizers(model, lr=1e-4)  # the official learning rate
+    losses = []
+    for step in range(3):
+        torch.manual_seed(1)  # the same stochastic depth / dropout / noise draws at every step
+        losses.append(model.training_step(batch, optim, step)["loss"].item())
+    assert losses[2] < losses[1] < losses[0], losses
+    if name in ("transmorph-diff", "transmorph-bspl"):
+        model.eval()
+        with torch.no_grad():
+            folded = regzoo.build("metric", {"name": "folding"})(ddf=model(batch).ddf)
+        assert float(folded.max()) < 1e-4  # Learn2Reg's interior |J| <= 0 fraction

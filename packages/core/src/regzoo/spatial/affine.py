@@ -26,7 +26,9 @@ def affine_to_ddf(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Dense displacement ``(B, ndim, *shape)`` of affine matrices ``theta`` ``(B, ndim, ndim+1)``."""
     ndim = theta.shape[1]
     if theta.shape[1:] != (ndim, ndim + 1) or ndim != len(shape):
-        raise ValueError(f"theta must be (B, {len(shape)}, {len(shape) + 1}), got {tuple(theta.shape)}")
+        raise ValueError(
+            f"theta must be (B, {len(shape)}, {len(shape) + 1}), got {tuple(theta.shape)}"
+        )
     x = _centred_grid(shape, theta.device, theta.dtype).flatten(2)  # (1, ndim, N)
     a = theta[:, :, :ndim] - torch.eye(ndim, device=theta.device, dtype=theta.dtype)
     ddf = a @ x + theta[:, :, ndim:]

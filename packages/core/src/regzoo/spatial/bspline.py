@@ -56,7 +56,9 @@ def bspline_to_ddf(
     spacing = [int(s) for s in spacing]
     expected = control_grid_shape(shape, spacing)
     if tuple(control.shape[2:]) != expected:
-        raise ValueError(f"control grid must be {expected} for image {tuple(shape)}, got {tuple(control.shape[2:])}")
+        raise ValueError(
+            f"control grid must be {expected} for image {tuple(shape)}, got {tuple(control.shape[2:])}"
+        )
     kernel = bspline_kernel(spacing, control.device, control.dtype)
     weight = kernel.expand(ndim, 1, *kernel.shape)
     conv = F.conv_transpose2d if ndim == 2 else F.conv_transpose3d

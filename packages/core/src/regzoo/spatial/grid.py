@@ -22,7 +22,9 @@ def _identity(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) 
 
 
 def identity_grid(
-    shape: Sequence[int], device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    shape: Sequence[int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Voxel coordinates of every voxel, ``(1, ndim, *shape)``; channel i is the index on axis i.
 

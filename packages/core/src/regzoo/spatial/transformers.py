@@ -47,7 +47,9 @@ class SpatialTransformer(nn.Module):
         raise NotImplementedError
 
 
-@register_transformer("dense", summary="Dense displacement field: the network's output is u.", tags=("2d", "3d"))
+@register_transformer(
+    "dense", summary="Dense displacement field: the network's output is u.", tags=("2d", "3d")
+)
 class Dense(SpatialTransformer):
     """The identity transformer: the parameters are the displacement field itself."""
 

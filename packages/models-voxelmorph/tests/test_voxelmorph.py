@@ -1,0 +1,304 @@
+"""VoxelMorph, VoxelMorph-1 and VoxelMorph-diff: what makes them those methods (METHODS.md R1).
+
+Parameter counts are those of the official PyTorch ``VxmDense`` (voxelmorph 0.2, ``networks.py``)
+with the same features; when an official PyTorch VoxelMorph is importable the weights are also
+loaded into ours and the outputs compared.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import regzoo
+from regzoo.config import resolve_config
+from regzoo.engine.optim import Optimizers, make_optimizer
+from regzoo.engine.trainer import train
+from regzoo.spatial import jacobian_determinant, one_hot, warp
+from regzoo.testing import check_model, parametrize_models, tiny_batch
+
+# Official VxmDense parameter counts (flow head included): METHODS.md R1 gives 327,331 for the 3D
+# default; the others were counted on voxelmorph 0.2's PyTorch VxmDense / Unet with the same
+# features. VoxelMorph-diff is the Unet with half_res=True and two 3x3 heads (mean, log sigma).
+OFFICIAL_COUNTS = {
+    ("voxelmorph", 3): 327_331,
+    ("voxelmorph", 2): 109_170,
+    ("voxelmorph-1", 3): 276_523,
+    ("voxelmorph-1", 2): 92_274,
+    ("voxelmorph-diff", 3): 280_198,
+    ("voxelmorph-diff", 2): 93_284,
+}
+
+
+def test_plugin_import_is_cheap():
+    """Importing the plugin registers its entries without importing torch or the network."""
+    code = (
+        "import sys, regzoo_voxelmorph; "
+        "assert 'torch' not in sys.modules and 'regzoo_voxelmorph.model' not in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _batch(ndim: int, size, batch_size: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    return tiny_batch(ndim, size, batch_size=batch_size, seed=seed)
+
+
+@pytest.mark.parametrize(("name", "ndim"), sorted(OFFICIAL_COUNTS))
+def test_parameter_counts_equal_the_official_vxm_dense(name, ndim):
+    assert _count(regzoo.create_model(name, ndim=ndim)) == OFFICIAL_COUNTS[(name, ndim)]
+
+
+@pytest.mark.parametrize("transformer", ["dense", "svf"])
+def test_svf_adds_no_parameters(transformer):
+    model = regzoo.create_model("voxelmorph", ndim=3, transformer=transformer)
+    assert _count(model) == OFFICIAL_COUNTS[("voxelmorph", 3)]
+
+
+def test_state_dict_names_follow_the_official_layout():
+    names = list(regzoo.create_model("voxelmorph", ndim=3).state_dict())
+    assert names[:2] == ["unet_model.encoder.0.0.main.weight", "unet_model.encoder.0.0.main.bias"]
+    assert "unet_model.decoder.3.0.main.weight" in names
+    assert "unet_model.remaining.2.main.weight" in names
+    assert names[-2:] == ["flow.weight", "flow.bias"]
+    diff = regzoo.create_model("voxelmorph-diff", ndim=2).state_dict()
+    assert diff["flow_logsigma.weight"].shape == (2, 16, 3, 3)
+
+
+def _official_vxm_dense():
+    """The official PyTorch ``VxmDense`` if an installed voxelmorph provides one (<= 0.2)."""
+    os.environ.setdefault("VXM_BACKEND", "pytorch")
+    try:
+        return importlib.import_module("voxelmorph.torch.networks").VxmDense
+    except Exception:  # not installed, the TF backend, or voxelmorph >= 0.3 (no VxmDense)
+        return None
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_official_weights_give_the_official_outputs(ndim):
+    VxmDense = _official_vxm_dense()
+    if VxmDense is None:
+        pytest.skip(
+            "no official PyTorch VxmDense importable (voxelmorph <= 0.2 with VXM_BACKEND=pytorch)"
+        )
+    size = (32, 48) if ndim == 2 else (32, 32, 48)
+    torch.manual_seed(0)
+    official = VxmDense(size, int_steps=0).eval()
+    with torch.no_grad():
+        official.flow.weight.normal_(0, 1e-2)  # a visible displacement
+    ours = regzoo.create_model("voxelmorph", ndim=ndim).eval()
+    ours.load_weights(official.state_dict())  # also drops the official grid buffers
+    moving, fixed = torch.rand(2, 1, *size), torch.rand(2, 1, *size)
+    with torch.no_grad():
+        warped, flow = official(moving, fixed, registration=True)
+        out = ours({"moving": moving, "fixed": fixed})
+    assert torch.allclose(out.ddf, flow, atol=1e-6)
+    assert torch.allclose(out.warped, warped, atol=1e-4)
+
+
+def test_load_weights_drops_the_official_grid_buffers():
+    model = regzoo.create_model("voxelmorph", ndim=2)
+    state = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    model.load_weights({**state, "transformer.grid": torch.zeros(1, 2, 8, 8)})
+    assert torch.equal(model.flow.weight, state["flow.weight"])
+    with pytest.raises(RuntimeError, match="flow.bias"):
+        model.load_weights({k: v for k, v in state.items() if k != "flow.bias"})
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("voxelmorph", (64, 64)),
+        ("voxelmorph", (37, 45)),
+        ("voxelmorph", (20, 24, 18)),
+        ("voxelmorph-1", (33, 17)),
+        ("voxelmorph-diff", (37, 45)),
+        ("voxelmorph-diff", (15, 20, 17)),
+    ],
+)
+def test_forward_shapes_on_any_size(name, size):
+    ndim = len(size)
+    model = regzoo.create_model(name, ndim=ndim)
+    batch = _batch(ndim, size)
+    out = model(batch)
+    assert out.warped.shape == (2, 1, *size)
+    assert out.ddf.shape == (2, ndim, *size)
+    assert out.warped_label.shape == (2, 4, *size)
+    if name == "voxelmorph-diff":
+        half = tuple((s + 1) // 2 for s in size)  # the U-Net ends at half resolution
+        assert (
+            out.extras["flow_mean"].shape == out.extras["flow_log_sigma"].shape == (2, ndim, *half)
+        )
+        assert out.velocity.shape == (2, ndim, *[s // 2 for s in size])
+    else:
+        assert out.velocity is None
+
+
+@pytest.mark.parametrize("name", ["voxelmorph", "voxelmorph-diff"])
+def test_untrained_model_is_near_identity(name):
+    torch.manual_seed(0)
+    model = regzoo.create_model(name, ndim=2).eval()
+    batch = _batch(2, (48, 40))
+    out = model(batch)
+    # flow head weights ~ N(0, 1e-5), bias 0: displacements of order 1e-4 voxel
+    assert out.ddf.abs().max() < 1e-2
+    assert (out.warped - batch["moving"]).abs().max() < 1e-2
+
+
+def test_flow_head_initialisation():
+    torch.manual_seed(0)
+    model = regzoo.create_model("voxelmorph-diff", ndim=3)
+    assert model.flow.weight.std().item() == pytest.approx(1e-5, rel=0.1)
+    assert torch.all(model.flow.bias == 0)
+    assert model.flow_logsigma.weight.abs().max() < 1e-8
+    assert torch.all(model.flow_logsigma.bias == -10)
+
+
+def test_svf_by_config_is_diffeomorphic_and_regularises_the_velocity():
+    cfg = resolve_config("voxelmorph", overrides=["model.transformer=svf"])
+    assert cfg.model.transformer == "svf"
+    torch.manual_seed(0)
+    svf = regzoo.create_model("voxelmorph", ndim=2, transformer="svf")
+    dense = regzoo.create_model("voxelmorph", ndim=2)
+    # the same flow-head output, several voxels and rough: a dense field folds, its exp does not
+    g = torch.Generator().manual_seed(0)
+    coarse = 3.0 * torch.randn(2, 2, 8, 8, generator=g)
+    params = torch.nn.functional.interpolate(
+        coarse, size=(48, 48), mode="bicubic", align_corners=True
+    )
+    folds = {}
+    for name, model in (("svf", svf), ("dense", dense)):
+        ddf = model.transformer(params, (48, 48))["ddf"]
+        # the Learn2Reg scorer's form: central differences, 2 border voxels cropped
+        folds[name] = (jacobian_determinant(ddf)[..., 2:-2, 2:-2] <= 0).float().mean().item()
+    assert folds["dense"] > 0.05 and folds["svf"] == 0.0
+    batch = _batch(2, (48, 48))
+    out = svf(batch)
+    assert out.velocity.shape == (2, 2, 24, 24)
+    terms = svf.loss(batch, out)
+    grad = regzoo.build("loss", {"name": "grad", "penalty": "l2"})
+    assert torch.allclose(terms["regularizer"], grad(out.velocity))
+    raw = dense(batch)
+    assert torch.allclose(dense.loss(batch, raw)["regularizer"], grad(raw.ddf))
+
+
+def test_warped_labels_and_the_auxiliary_dice_loss():
+    torch.manual_seed(0)
+    batch = _batch(2, (40, 40))
+    plain = regzoo.create_model("voxelmorph", ndim=2)
+    semi = regzoo.create_model("voxelmorph", ndim=2, seg_weight=0.01)
+    semi.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        plain.flow.weight.normal_(0, 1e-2)
+        semi.flow.weight.copy_(plain.flow.weight)
+    out = semi(batch)
+    ref = warp(one_hot(batch["moving_label"], 4), out.ddf)
+    assert torch.allclose(out.warped_label, ref)
+    assert "segmentation" not in plain.loss(batch, plain(batch))
+    terms = semi.loss(batch, out)
+    dice = regzoo.build("loss", "dice")(out.warped_label, one_hot(batch["fixed_label"], 4))
+    assert torch.allclose(terms["segmentation"], dice)
+    assert torch.allclose(terms["loss"], terms["similarity"] + terms["regularizer"] + 0.01 * dice)
+    # no labels: the label-free objective of instance optimisation
+    unlabelled = {k: v for k, v in batch.items() if "label" not in k}
+    assert semi(unlabelled).warped_label is None
+    assert torch.allclose(semi.objective(batch, out), terms["similarity"] + terms["regularizer"])
+
+
+def test_num_labels_fixes_the_one_hot_width():
+    model = regzoo.create_model("voxelmorph", ndim=2, num_labels=7)
+    assert model(_batch(2, (32, 32))).warped_label.shape[1] == 7
+
+
+def test_diff_samples_in_training_and_uses_the_mean_in_evaluation():
+    torch.manual_seed(0)
+    model = regzoo.create_model("voxelmorph-diff", ndim=2)
+    with torch.no_grad():
+        model.flow_logsigma.bias.fill_(-2.0)  # a visible variance
+    batch = _batch(2, (32, 32))
+    model.train()
+    a, b = model(batch), model(batch)
+    assert not torch.allclose(a.velocity, b.velocity)
+    model.eval()
+    c, d = model(batch), model(batch)
+    assert torch.equal(c.ddf, d.ddf)
+    mean = c.extras["flow_mean"]
+    assert torch.allclose(c.velocity, mean, atol=1e-6)  # even sizes: no resampling at half res
+
+
+def test_diff_loss_is_scaled_mse_plus_kl():
+    torch.manual_seed(0)
+    model = regzoo.create_model("voxelmorph-diff", ndim=2)
+    batch = _batch(2, (32, 32))
+    out = model(batch)
+    terms = model.loss(batch, out)
+    mse = ((out.warped - batch["fixed"]) ** 2).mean() / 0.02**2  # official: 1 / sigma^2
+    kl = regzoo.build("loss", {"name": "kl-prior", "prior_lambda": 10.0})(
+        out.extras["flow_mean"], out.extras["flow_log_sigma"]
+    )
+    assert set(terms) == {"similarity", "kl", "loss"}
+    assert torch.allclose(terms["similarity"], mse, rtol=1e-5)
+    assert torch.allclose(terms["loss"], mse + kl, rtol=1e-5)
+
+
+def test_presets():
+    for name in ("voxelmorph", "voxelmorph-1", "voxelmorph-diff"):
+        entry = regzoo.get_entry("model", name)
+        assert {"quick", "paper"} <= set(entry.presets)
+        paper = resolve_config(name, overrides=["preset=paper"])
+        assert (
+            paper.train.steps == 150_000 and paper.train.lr == 1e-4 and paper.train.batch_size == 1
+        )
+    paper = resolve_config("voxelmorph", overrides=["preset=paper"])
+    assert paper.model.similarity == {"name": "lncc"} and paper.model.reg_weight == 1.0
+    assert regzoo.get_entry("model", "voxelmorph-diff").paper.year == 2018
+    assert "10.1109/TMI.2019.2897538" in regzoo.get_entry("model", "voxelmorph").paper.url
+
+
+@parametrize_models("voxelmorph*")
+def test_conformance(name, ndim):
+    check_model(name, ndim)
+
+
+def _train_quick(name: str, tmp_path, overrides=()) -> dict:
+    cfg = resolve_config(
+        name, overrides=["eval.metrics=[dice,folding]", "eval.overview=false", *overrides]
+    )
+    return train(cfg, tmp_path, device="cpu", threads=2, progress=False).metrics
+
+
+@pytest.mark.slow
+def test_quick_preset_raises_held_out_dice(tmp_path):
+    """The default run (``regzoo train voxelmorph``) registers held-out synthetic pairs."""
+    metrics = _train_quick("voxelmorph", tmp_path)
+    gain = metrics["summary"]["dice"] - metrics["identity"]["dice"]
+    assert gain >= 0.15, metrics["summary"]
+
+
+@pytest.mark.slow
+def test_diff_leaves_almost_no_folds(tmp_path):
+    """VoxelMorph-diff after short training: under 0.1% of pixels with det J <= 0 (METHODS R1)."""
+    metrics = _train_quick("voxelmorph-diff", tmp_path, ["train.steps=300"])
+    assert metrics["summary"]["folding"] < 1e-3, metrics["summary"]
+    assert metrics["summary"]["dice"] > metrics["identity"]["dice"]
+
+
+def test_training_steps_lower_the_loss_on_one_pair():
+    torch.manual_seed(0)
+    model = regzoo.create_model("voxelmorph", ndim=2, similarity={"name": "mse"}, reg_weight=0.01)
+    batch = regzoo.build("dataset", {"name": "synth", "ndim": 2, "size": 32, "split": "val"})[0]
+    batch = {k: v[None] for k, v in batch.items()}
+    optim = Optimizers({"model": make_optimizer(model.parameters(), lr=1e-3)})
+    first = model.training_step(batch, optim, 0)["similarity"].item()
+    for step in range(1, 40):
+        last = model.training_step(batch, optim, step)["similarity"].item()
+    assert last < 0.7 * first

@@ -11,7 +11,11 @@ import pytest
 
 def regzoo(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "regzoo", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "regzoo", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -72,18 +76,34 @@ def test_debug_shows_traceback(tmp_path):
 def test_train_then_evaluate_json(tmp_path):
     run = tmp_path / "run"
     res = regzoo(
-        "train", "voxelmorph", "train.steps=4", "train.batch_size=2", "eval.max_pairs=2",
-        "--out", str(run), "--threads", "1",
+        "train",
+        "voxelmorph",
+        "train.steps=4",
+        "train.batch_size=2",
+        "eval.max_pairs=2",
+        "--out",
+        str(run),
+        "--threads",
+        "1",
     )
     assert res.returncode == 0, res.stderr
     assert "identity" in res.stdout and "trained" in res.stdout
     for name in ("config.yaml", "last.pt", "log.csv", "metrics.json"):
         assert (run / name).is_file()
-    res = regzoo("evaluate", str(run / "last.pt"), "eval.max_pairs=2", "--json", "--out", str(tmp_path / "ev"))
+    res = regzoo(
+        "evaluate",
+        str(run / "last.pt"),
+        "eval.max_pairs=2",
+        "--json",
+        "--out",
+        str(tmp_path / "ev"),
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     for section in ("summary", "identity"):
         for key in ("dice", "hd95", "sdlogj", "folding", "runtime_s"):
             assert isinstance(out[section][key], float), (section, key)
     assert len(out["cases"]) == 2
-    assert (tmp_path / "ev" / "metrics.json").is_file() and (tmp_path / "ev" / "cases.csv").is_file()
+    assert (tmp_path / "ev" / "metrics.json").is_file() and (
+        tmp_path / "ev" / "cases.csv"
+    ).is_file()

@@ -17,18 +17,22 @@ from regzoo.models import RegistrationModel, RegistrationOutput
 from regzoo.registry import register_dataset, register_model
 from regzoo.spatial import warp
 
-SHIFT = 1.5
+SHIFT = 2
 
 
-@register_dataset("engine-test-shift", summary="Smooth images and copies shifted by 1.5 voxels.")
+@register_dataset("engine-test-shift", summary="Smooth images and copies shifted by 2 voxels.")
 class ShiftPairs(torch.utils.data.Dataset):
-    def __init__(self, ndim: int = 2, size: int = 16, count: int = 12, split: str = "train", seed: int = 0):
+    def __init__(
+        self, ndim: int = 2, size: int = 16, count: int = 12, split: str = "train", seed: int = 0
+    ):
         g = torch.Generator().manual_seed(seed + {"train": 0, "val": 1, "test": 2}[split])
-        base = torch.nn.functional.avg_pool2d(torch.rand(count, 1, size, size, generator=g), 5, 1, 2)
-        shift = torch.full((count, 2, size, size), SHIFT)
+        base = torch.nn.functional.avg_pool2d(
+            torch.rand(count, 1, size, size, generator=g), 5, 1, 2
+        )
         self.fixed = base
-        self.moving = warp(base, -shift)  # moving[x] = fixed[x - s]: the answer is ddf = +s
+        self.moving = torch.roll(base, (SHIFT, SHIFT), (2, 3))  # moving[x] = fixed[x - s]: ddf = +s
         self.labels = (base > base.mean()).long()
+        self.moving_labels = torch.roll(self.labels, (SHIFT, SHIFT), (2, 3))
 
     def __len__(self):
         return len(self.fixed)
@@ -37,7 +41,7 @@ class ShiftPairs(torch.utils.data.Dataset):
         return {
             "moving": self.moving[i],
             "fixed": self.fixed[i],
-            "moving_label": self.labels[i],
+            "moving_label": self.moving_labels[i],
             "fixed_label": self.labels[i],
             "spacing": torch.ones(2),
         }
@@ -69,7 +73,12 @@ register_model(
     "engine-test-shift",
     summary="Test model: one global translation.",
     tags=("2d",),
-    presets={"quick": {"data": {"name": "engine-test-shift"}, "train": {"steps": 30, "lr": 0.1, "batch_size": 4}}},
+    presets={
+        "quick": {
+            "data": {"name": "engine-test-shift"},
+            "train": {"steps": 30, "lr": 0.1, "batch_size": 4},
+        }
+    },
 )(GlobalShift)
 
 
@@ -85,7 +94,7 @@ def test_training_learns_writes_files_and_checkpoint_describes_itself(tmp_path):
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["model"] == "engine-test-shift" and ckpt["step"] == 30
     assert ckpt["config"]["train"]["steps"] == 30 and "torch" in ckpt["versions"]
-    assert torch.allclose(ckpt["state_dict"]["shift"], torch.full((2,), SHIFT), atol=0.2)
+    assert torch.allclose(ckpt["state_dict"]["shift"], torch.full((2,), float(SHIFT)), atol=0.2)
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
@@ -97,7 +106,10 @@ def test_resume_continues_to_the_same_weights(tmp_path):
     train(_cfg("train.steps=8", "train.ckpt_every=4"), tmp_path / "part", progress=False)
     base = load_checkpoint(tmp_path / "part" / "last.pt")["config"]
     resumed = train(
-        resolve_config(None, None, ["train.steps=20"], base=base), tmp_path / "part", resume=True, progress=False
+        resolve_config(None, None, ["train.steps=20"], base=base),
+        tmp_path / "part",
+        resume=True,
+        progress=False,
     )
     a = load_checkpoint(full.out_dir / "last.pt")["state_dict"]["shift"]
     b = load_checkpoint(resumed.out_dir / "last.pt")["state_dict"]["shift"]

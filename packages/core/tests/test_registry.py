@@ -29,7 +29,11 @@ def test_decorator_registers_with_signature_defaults(scratch_kind):
     entry = scratch_kind.get("toy-loss")
     assert entry.summary == "A toy." and entry.dims == (2,)
     assert dict(entry.default_config()) == {"window": 9, "eps": 1e-5, "sizes": [1, 2]}
-    assert regzoo.build("loss", {"name": "toy-loss", "window": 5}) == {"window": 5, "eps": 1e-5, "sizes": [1, 2]}
+    assert regzoo.build("loss", {"name": "toy-loss", "window": 5}) == {
+        "window": 5,
+        "eps": 1e-5,
+        "sizes": [1, 2],
+    }
     with pytest.raises(ConfigError, match="windw"):
         regzoo.build("loss", {"name": "toy-loss", "windw": 5})
 
@@ -73,7 +77,9 @@ def test_conflicting_registration_is_refused(scratch_kind):
 def test_glob_patterns_and_kinds():
     assert set(regzoo.list_entries()) == set(regzoo.KINDS)
     assert regzoo.get_registry("transformer").names("s*") == ["svf"]
-    assert {"dense", "svf", "affine", "bspline"} <= set(regzoo.list_entries(kind="transformer")["transformer"])
+    assert {"dense", "svf", "affine", "bspline"} <= set(
+        regzoo.list_entries(kind="transformer")["transformer"]
+    )
     with pytest.raises(UnknownNameError):
         regzoo.get_registry("nonsense")
 

@@ -23,6 +23,7 @@ from .registry import (
     build,
     create_model,
     get_entry,
+    get_registry,
     list_entries,
     list_models,
     plugins,
@@ -33,12 +34,21 @@ from .registry import (
     register_metric,
     register_model,
     register_transformer,
-    get_registry,
 )
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("spatial", "losses", "metrics", "nn", "data", "models", "engine", "testing", "config")
+_SUBMODULES = (
+    "spatial",
+    "losses",
+    "metrics",
+    "nn",
+    "data",
+    "models",
+    "engine",
+    "testing",
+    "config",
+)
 
 __all__ = [
     "__version__",

@@ -248,9 +248,11 @@ class Registry:
         """Build from a name or a config holding ``name`` plus any keys of the entry's config."""
         if isinstance(config, str):
             config = {"name": config}
-        config = dict(OmegaConf.to_container(config, resolve=True)) if isinstance(
-            config, DictConfig
-        ) else dict(config)
+        config = (
+            dict(OmegaConf.to_container(config, resolve=True))
+            if isinstance(config, DictConfig)
+            else dict(config)
+        )
         config.update(overrides)
         if "name" not in config:
             raise ConfigError(f"a {self.kind} config needs a 'name' key, got {sorted(config)}")
@@ -332,7 +334,9 @@ def get_registry(kind: str) -> Registry:
         raise UnknownNameError(f"unknown kind {kind!r}; kinds: {', '.join(KINDS)}") from None
 
 
-def register(kind: str, name: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register(
+    kind: str, name: str, **meta: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a builder of ``kind`` as ``name``; see :meth:`Registry.register`."""
     return get_registry(kind).register(name, **meta)
 

@@ -64,8 +64,14 @@ class RegistrationLoss(nn.Module):
             field = getattr(out, self.field)
             terms["regularizer"] = self.regularizer(field if field is not None else out.ddf)
             total = total + self.reg_weight * terms["regularizer"]
-        if self.segmentation is not None and out.warped_label is not None and "fixed_label" in batch:
-            target = one_hot(batch["fixed_label"], out.warped_label.shape[1], out.warped_label.dtype)
+        if (
+            self.segmentation is not None
+            and out.warped_label is not None
+            and "fixed_label" in batch
+        ):
+            target = one_hot(
+                batch["fixed_label"], out.warped_label.shape[1], out.warped_label.dtype
+            )
             terms["segmentation"] = self.segmentation(out.warped_label, target)
             total = total + self.seg_weight * terms["segmentation"]
         terms["loss"] = total

@@ -1,0 +1,63 @@
+"""The registration-only baseline JSSR is compared with: its register Phi trained with MI.
+
+The same backbone and transformer as JSSR's Phi (:class:`~regzoo_jssr.networks.Register`), fed
+the raw multimodal pair ``(x, y)`` and trained with core's ``RegistrationLoss``:
+``-MI(x o tau, y) + smooth_weight ||grad tau||^2`` (Parzen-window mutual information, METHODS.md
+B7), the usual choice for deformable multimodal registration without synthesis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from regzoo.models import Batch, RegistrationLoss, RegistrationModel, RegistrationOutput
+from regzoo.spatial import one_hot, warp
+
+from .networks import Register
+
+__all__ = ["MIRegistration"]
+
+
+class MIRegistration(RegistrationModel):
+    """Phi alone with mutual information: ``(x, y) -> tau``.
+
+    Args:
+        ndim: spatial dimensions.
+        in_channels: image channels.
+        backbone: registry config of Phi's backbone.
+        transformer: registry config of Phi's transformer.
+        similarity: registry config of the similarity (``{"name": "mi"}``).
+        smooth_weight: weight of the ``grad`` (l2) regulariser.
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        in_channels: int,
+        backbone: Mapping[str, Any],
+        transformer: Mapping[str, Any],
+        similarity: Mapping[str, Any],
+        smooth_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.register_net = Register(ndim, in_channels, backbone, transformer)
+        self.objective_terms = RegistrationLoss(
+            similarity=similarity,
+            regularizer={"name": "grad", "penalty": "l2"},
+            reg_weight=smooth_weight,
+        )
+
+    def forward(self, batch: Batch) -> RegistrationOutput:
+        x, y = batch["moving"], batch["fixed"]
+        field = self.register_net(x, y)
+        out = RegistrationOutput(warped=warp(x, field["ddf"]), ddf=field["ddf"], velocity=field.get("velocity"))
+        if "moving_label" in batch:
+            labels = batch["moving_label"]
+            out.warped_label = warp(one_hot(labels, int(labels.max()) + 1, x.dtype), out.ddf)
+        return out
+
+    def loss(self, batch: Batch, out: RegistrationOutput) -> dict[str, torch.Tensor]:
+        return self.objective_terms(batch, out)

@@ -201,7 +201,7 @@ def _print_summary(metrics: dict[str, Any], what: str) -> None:
 def _data_overrides(path: Path) -> list[str]:
     """``--data PATH``: a Learn2Reg dataset.json (or a folder holding one), else a NIfTI folder."""
     if path.is_file() and path.suffix == ".json":
-        return ["data.name=learn2reg", f"data.root={path.parent}", f"data.dataset_json={path.name}"]
+        return ["data.name=learn2reg", f"data.root={path.parent}", f"data.json_file={path.name}"]
     if path.is_dir() and any(path.glob("*dataset*.json")):
         return ["data.name=learn2reg", f"data.root={path}"]
     if path.is_dir():

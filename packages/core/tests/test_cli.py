@@ -103,6 +103,12 @@ def test_train_then_evaluate_json(tmp_path):
     for section in ("summary", "identity"):
         for key in ("dice", "hd95", "sdlogj", "folding", "runtime_s"):
             assert isinstance(out[section][key], float), (section, key)
+    # The same weights given to the registered name (its default preset: the same data).
+    weights = ["--weights", str(run / "last.pt")]
+    res = regzoo("evaluate", "voxelmorph", *weights, "eval.max_pairs=2", "--json")
+    assert res.returncode == 0, res.stderr
+    dice = json.loads(res.stdout)["summary"]["dice"]
+    assert dice == pytest.approx(out["summary"]["dice"], abs=1e-6)
     assert len(out["cases"]) == 2
     assert (tmp_path / "ev" / "metrics.json").is_file() and (
         tmp_path / "ev" / "cases.csv"

@@ -211,10 +211,17 @@ def _data_overrides(path: Path) -> list[str]:
 
 @app.command("evaluate")
 def evaluate_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (last.pt / best.pt).")],
+    model: Annotated[
+        str,
+        typer.Argument(help="A checkpoint (last.pt / best.pt), or a registered model name."),
+    ],
     overrides: Overrides = None,
     data: Annotated[
         Optional[Path], typer.Option("--data", help="NIfTI folder or Learn2Reg dataset.json.")
+    ] = None,
+    weights: Annotated[
+        Optional[Path],
+        typer.Option("--weights", help="Weights for a registered model name (e.g. official ones)."),
     ] = None,
     out: Annotated[
         Optional[Path], typer.Option("--out", help="Folder for metrics.json and cases.csv.")
@@ -223,25 +230,35 @@ def evaluate_command(
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Evaluate a checkpoint (by default on the held-out split of the data it was trained on)."""
+    """Evaluate a checkpoint (by default on the held-out split of the data it was trained on).
+
+    A registered model name is evaluated with its default config and preset (``--weights`` loads
+    weights into it, e.g. an official release), on ``--data`` or the preset's data.
+    """
     from ..config import resolve_config
     from ..engine import build_dataset, evaluate, setup_runtime
-    from ..engine.checkpoint import load_checkpoint
+    from ..engine.checkpoint import load_checkpoint, load_weights
     from ..engine.trainer import build_model
 
-    ckpt = load_checkpoint(checkpoint)
-    if "config" not in ckpt or "state_dict" not in ckpt:
-        raise UserError(f"{checkpoint}: not a regzoo checkpoint (no config/state_dict)")
     items = list(overrides or []) + (_data_overrides(data) if data else [])
-    cfg = resolve_config(None, None, items, base=ckpt["config"])
+    if Path(model).is_file() or model.endswith((".pt", ".pth", ".ckpt")) or "/" in model:
+        ckpt = load_checkpoint(model)  # a path: a clear error when it is missing or broken
+        if "config" not in ckpt or "state_dict" not in ckpt:
+            raise UserError(f"{model}: not a regzoo checkpoint (no config/state_dict)")
+        cfg = resolve_config(None, None, items, base=ckpt["config"])
+    else:
+        ckpt, cfg = None, resolve_config(model, None, items)
     runtime = setup_runtime(device, threads)
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(runtime.device)
+    net = build_model(cfg)
+    if ckpt is not None:
+        net.load_state_dict(ckpt["state_dict"])
+    if weights is not None:
+        load_weights(net, weights)
+    net.to(runtime.device)
     dataset = build_dataset(cfg, cfg.eval.split)
     overview = out / "overview.png" if out is not None and cfg.eval.overview else None
     res = evaluate(
-        model,
+        net,
         dataset,
         runtime.device,
         list(cfg.eval.metrics),

@@ -49,6 +49,8 @@ def _check_exists(*paths: Path | None) -> None:
 
 def _load_model(model: str, weights: Path | None, ndim: int):
     """A checkpoint path, or a registered name (optionally with ``--weights``) built for ``ndim``."""
+    import torch
+
     from ..engine.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
     from ..registry import create_model, get_entry
 
@@ -65,6 +67,7 @@ def _load_model(model: str, weights: Path | None, ndim: int):
     else:
         entry = get_entry("model", model)
         kwargs = {"ndim": ndim} if "ndim" in entry.default_config() else {}
+        torch.manual_seed(0)  # an untrained network (instance optimisation alone) repeats
         net, normalize = create_model(model, **kwargs), None
     if weights is not None:
         load_weights(net, weights)
@@ -92,6 +95,10 @@ def register_command(
     iterations: Annotated[
         Optional[int],
         typer.Option("--iterations", help="Instance-optimisation steps (model default)."),
+    ] = None,
+    lr: Annotated[
+        Optional[float],
+        typer.Option("--lr", help="Instance-optimisation learning rate (model default)."),
     ] = None,
     samples: Annotated[
         int, typer.Option("--samples", help="Monte-Carlo samples (sampling models).")
@@ -127,7 +134,7 @@ def register_command(
             if wanted != normalize:
                 normalize, loaded = wanted, load_pair(p, wanted)
         steps = net.io_iterations if iterations is None else iterations
-        result, history = register_pair(net, loaded, steps, samples, runtime.device)
+        result, history = register_pair(net, loaded, steps, samples, runtime.device, lr)
         name = learn2reg_name(p.fixed, p.moving) if learn2reg else None
         target = out
         if not learn2reg and len(todo) > 1:

@@ -98,8 +98,11 @@ def register_pair(
     iterations: int = 0,
     samples: int = 0,
     device: torch.device | str = "cpu",
+    lr: float | None = None,
 ) -> tuple[RegistrationOutput, list[float]]:
     """Run ``model`` on a loaded pair, with ``iterations`` steps of instance optimisation.
+
+    ``lr`` is the instance optimisation's learning rate (``model.io_lr`` when None).
 
     ``samples`` > 0 asks a sampling model (``model.sample(batch, k)``, e.g. TransMorph-Bayes) for
     the mean field and a per-voxel uncertainty instead of one forward pass.
@@ -112,7 +115,7 @@ def register_pair(
             )
         with torch.no_grad():
             return model.sample(batch, int(samples)), []
-    return instance_optimise(model, batch, iterations)
+    return instance_optimise(model, batch, iterations, lr)
 
 
 def learn2reg_name(fixed: Path, moving: Path) -> str:

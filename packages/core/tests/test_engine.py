@@ -6,6 +6,7 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -163,3 +164,34 @@ def test_config_layers_and_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key 'trian'"):
         _cfg("trian.steps=3")
     assert isinstance(Path(tmp_path), Path)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_overview_png_decodes_and_holds_the_six_panels(tmp_path, ndim):
+    from PIL import Image
+
+    from regzoo.engine.overview import render_overview
+
+    g = torch.Generator().manual_seed(0)
+    shape = (24, 28, 32)[-ndim:]
+    fixed, moving = torch.rand(1, *shape, generator=g), torch.rand(1, *shape, generator=g)
+    ddf = torch.zeros(ndim, *shape)
+    ddf[-1, ..., 10:14] = torch.linspace(3.0, -3.0, 4)  # a fold: two columns cross
+    path = render_overview(moving, fixed, moving, ddf, tmp_path / "overview.png", title="pair 0")
+    with Image.open(path) as png:
+        png.load()
+        assert png.format == "PNG" and png.size == (960, 640)
+        panels = png.text["Description"].split("; ")
+        pixels = np.asarray(png.convert("L"), dtype=float)
+    assert panels[:5] == [
+        "fixed",
+        "moving",
+        "warped",
+        "checkerboard fixed / warped",
+        "deformation grid",
+    ]
+    assert panels[5].startswith("Jacobian determinant (") and "% folded" in panels[5]
+    assert float(panels[5].split("(")[1].split("%")[0]) > 0  # the fold is counted
+    # Each panel of the 2 x 3 grid draws something (not a blank tile).
+    for tile in (t for row in np.array_split(pixels, 2, 0) for t in np.array_split(row, 3, 1)):
+        assert tile.std() > 5

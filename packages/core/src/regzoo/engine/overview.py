@@ -2,7 +2,8 @@
 
 Six panels: fixed, moving, warped, a checkerboard of fixed and warped, the deformation grid and
 the Jacobian-determinant map with folded voxels (J <= 0) marked. 3D volumes show their middle
-slice along the first axis, with the in-plane field components.
+slice along the first axis, with the in-plane field components. The PNG's ``Description`` text
+chunk lists the panels' titles, left to right and top to bottom.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def render_overview(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    panels = "; ".join(ax.get_title() for ax in axes.flat)
+    fig.savefig(path, dpi=80, metadata={"Title": title, "Description": panels})
     plt.close(fig)
     return path

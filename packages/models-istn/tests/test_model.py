@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -51,11 +53,24 @@ def test_paper_defaults():
     assert model.stn.max_displacement == 0.2
     assert model.io_iterations == 50 and model.io_lr == 1e-3
     assert model.itn.activation == "leaky_relu"
+    affine = regzoo.create_model("istn-e-affine", size=SIZE)
+    assert affine.stn.bounds == (0.1, math.pi / 4, 0.2, math.pi / 4)
     assert regzoo.create_model("istn-i-bspline", ndim=3, size=36).io_lr == 5e-4
     with pytest.raises(ConfigError):
         regzoo.create_model("istn-e-affine", size=38)  # the ITN halves the size twice
     with pytest.raises(ConfigError):
         regzoo.create_model("istn-e-affine", variant="x")
+
+
+def test_translation_bound_is_in_normalised_units():
+    """``max_translation`` bounds the translation applied before rotation and scaling, in
+    ``[-1, 1]`` units: 0.1 (official) is 5% of the image, 0.2 covers 10% of the size."""
+    for bound in (0.1, 0.2):
+        model = regzoo.create_model("stn-u-affine", size=SIZE, max_translation=bound)
+        with torch.no_grad():
+            model.stn.translation.bias.fill_(50.0)  # saturated: tanh = 1 on both axes
+        ddf = model(_batch(labels=False)).ddf
+        torch.testing.assert_close(ddf, torch.full_like(ddf, bound * (SIZE - 1) / 2))
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,11 @@ rotation up to 30 degrees, scale 0.8-1.2 per axis, translation up to 10% of the 
 structure of interest (two of the label classes), ISTN-e and ISTN-i align the structure better than
 STN-u trained on image MSE alone, at the same seed and number of steps; the explicit ITN output
 approaches the structure map; label-free test-time refinement of the STN does not lower Dice.
+
+The label maps are drawn at Perlin scales 12 and 24 (the dataset's default, 4 and 8, gives blobs of
+a few voxels, smaller than the misalignment, on which no structure-overlap loss can tell the
+direction of alignment), and the affine STN's translation bound is 0.2 in normalised units, which
+is the data's 10% of the size (the official 0.1 covers 5%). See the plugin README's Status.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ pytestmark = pytest.mark.slow
 
 SIZE = 64
 STRUCTURE = [1, 2]  # the structure of interest: label classes 1 and 2 of the synthetic maps
-STEPS = 800
+LABEL_SCALES = [12, 24]  # Perlin scales of the label maps (the dataset default is 4, 8)
+MAX_TRANSLATION = 0.2  # the STN's bound, normalised units: the data's 10% of the size
+STEPS = 1200
 BATCH = 10  # the official batch size
 LR = 1e-3  # the official 2D learning rate
 SEED = 0
@@ -47,6 +54,7 @@ def _pairs(split: str, n: int) -> dict[str, torch.Tensor]:
             "max_rotation": 30.0,
             "scale_range": [0.8, 1.2],
             "max_translation": 0.1,
+            "label_scales": LABEL_SCALES,
         },
     )
     items = [ds[i] for i in range(len(ds))]
@@ -56,7 +64,9 @@ def _pairs(split: str, n: int) -> dict[str, torch.Tensor]:
 
 def _train(name: str, train: dict[str, torch.Tensor], test: dict[str, torch.Tensor]):
     torch.manual_seed(SEED)
-    model = regzoo.create_model(name, size=SIZE, structure_labels=STRUCTURE)
+    model = regzoo.create_model(
+        name, size=SIZE, structure_labels=STRUCTURE, max_translation=MAX_TRANSLATION
+    )
     optim = Optimizers({k: make_optimizer(p, lr=LR) for k, p in model.parameter_groups().items()})
     g = torch.Generator().manual_seed(SEED)
     itn_mse = []
@@ -118,9 +128,6 @@ def test_istn_e_aligns_structures_better_than_stn_u(trained):
     assert dice["istn-e-affine"] >= dice["stn-u-affine"] + MARGIN, dice
 
 
-@pytest.mark.xfail(
-    reason="issue 5 open: at this step budget istn-i-affine stays below stn-u-affine"
-)
 def test_istn_i_aligns_structures_better_than_stn_u(trained):
     dice = _held_out_dice(trained)
     assert dice["istn-i-affine"] >= dice["stn-u-affine"] + MARGIN, dice
@@ -135,9 +142,10 @@ def test_explicit_itn_output_approaches_the_structure_map(trained):
     assert itn_mse[-1] < 0.7 * float(s_m.var())
 
 
-def test_refinement_uses_no_labels_and_keeps_dice(trained):
+@pytest.mark.parametrize("name", ["istn-e-affine", "istn-i-affine"])
+def test_refinement_uses_no_labels_and_keeps_dice(trained, name):
     models, test = trained
-    model = models["istn-e-affine"][0]
+    model = models[name][0]
     itn_state = copy.deepcopy(model.itn.state_dict())
     before, after = [], []
     for i in range(len(test["moving"])):
@@ -178,7 +186,9 @@ def test_3d_models_train_at_64_cubed(name):
         optim = Optimizers(
             {k: make_optimizer(p, lr=LR) for k, p in model.parameter_groups().items()}
         )
-        losses = [float(model.training_step(batch, optim, step)["loss"]) for step in range(8)]
+        losses = [
+            float(model.training_step(batch, optim, step)["loss"].detach()) for step in range(8)
+        ]
     finally:
         torch.set_num_threads(threads)
     assert all(np.isfinite(losses))

@@ -40,6 +40,7 @@ class ISTNConfig:
     size: Any = None
     spacing: int = 10
     max_displacement: float = 0.2
+    max_translation: float = 0.1
     structure: str = "auto"
     structure_labels: list[int] = field(default_factory=list)
     heatmap_sigma: float = 2.0
@@ -60,13 +61,24 @@ def import_official(*args: Any, **kwargs: Any) -> Any:
     return _import(*args, **kwargs)
 
 
-# Run presets. quick: a CPU run of a few minutes on synthetic 2D pairs related by a random affine.
+# Run presets. quick: a CPU run of a few minutes on synthetic 2D 64² pairs related by a random
+# affine (translation up to 10% of the size, hence the STN's translation bound of 0.2 normalised
+# units), the structure of interest being label classes 1 and 2 of label maps drawn at Perlin
+# scales 12 and 24 (larger than the dataset default 4, 8); see tests/test_training.py.
 # paper: the official synth2d schedule, Adam lr 1e-3, batch 10, 100 epochs of its 100 pairs.
 _QUICK = {
-    "train": {"steps": 300, "lr": 1e-3, "batch_size": 10, "optimizer": "adam", "val_every": 100},
-    "data": {"name": "synth", "ndim": 2, "size": 64, "deformation": "affine"},
-    "model": {"size": 64},
+    "train": {"steps": 1200, "lr": 1e-3, "batch_size": 10, "optimizer": "adam", "val_every": 400},
+    "data": {
+        "name": "synth",
+        "ndim": 2,
+        "size": 64,
+        "deformation": "affine",
+        "label_scales": [12, 24],
+    },
+    "model": {"size": 64, "structure_labels": [1, 2], "max_translation": 0.2},
 }
+# The conformance suite's inputs: the STN trunk needs 36 voxels per axis, the ITN a multiple of 4.
+_TEST = {"size": {"2d": [40, 40], "3d": [40, 40, 40]}, "model": {"size": 40}}
 _PAPER_2D = {
     "train": {"steps": 1000, "lr": 1e-3, "batch_size": 10, "optimizer": "adam"},
     "data": {"ndim": 2, "size": 128},
@@ -120,6 +132,11 @@ for _prefix, (_variant, _summary, _tag) in _VARIANTS.items():
             paper=ISTN_2019,
             tags=_tags,
             config=_config,
-            presets={"quick": _QUICK, "paper": _PAPER_2D, "paper-3d": _paper_3d(_transformer)},
+            presets={
+                "quick": _QUICK,
+                "paper": _PAPER_2D,
+                "paper-3d": _paper_3d(_transformer),
+                "test": _TEST,
+            },
         )(_build)
         MODELS.append(_name)

@@ -65,6 +65,10 @@ class ISTN(RegistrationModel):
         spacing: B-spline control-point spacing in voxels at ``size`` (10).
         max_displacement: bound of each B-spline control-point displacement in normalised units
             (0.2, i.e. 10% of the image extent).
+        max_translation: bound of the affine STN's translation in normalised units, ``[-1, 1]``
+            across the image: the official 0.1 is 5% of the image extent (3.15 voxels at 64).
+            Data translated further (e.g. the ``synth`` dataset's ``max_translation``, a fraction
+            of the size) needs a larger bound: 0.2 covers translations up to about 10% of the size.
         structure: where the structure maps come from: ``"labels"`` (``moving_label``/
             ``fixed_label``), ``"landmarks"`` (``moving_landmarks``/``fixed_landmarks`` as Gaussian
             heatmaps) or ``"auto"`` (labels when the batch has them, else landmarks).
@@ -89,6 +93,7 @@ class ISTN(RegistrationModel):
         size: int | Sequence[int] | None = None,
         spacing: int = 10,
         max_displacement: float = 0.2,
+        max_translation: float = 0.1,
         structure: str = "auto",
         structure_labels: Sequence[int] = (),
         heatmap_sigma: float = 2.0,
@@ -130,6 +135,7 @@ class ISTN(RegistrationModel):
             "size": list(size),
             "spacing": spacing,
             "max_displacement": max_displacement,
+            "max_translation": max_translation,
             "structure": structure,
             "structure_labels": list(structure_labels),
             "heatmap_sigma": heatmap_sigma,
@@ -144,7 +150,7 @@ class ISTN(RegistrationModel):
         self.itn: ITN | None = ITN(ndim, in_channels, itn_activation) if uses_itn else None
         stn_in = 2 * in_channels
         self.stn: nn.Module = (
-            AffineSTN(ndim, stn_in, size)
+            AffineSTN(ndim, stn_in, size, max_translation=max_translation)
             if transformer == "affine"
             else BSplineSTN(ndim, stn_in, size, spacing, max_displacement)
         )

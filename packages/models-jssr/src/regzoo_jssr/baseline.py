@@ -53,7 +53,9 @@ class MIRegistration(RegistrationModel):
     def forward(self, batch: Batch) -> RegistrationOutput:
         x, y = batch["moving"], batch["fixed"]
         field = self.register_net(x, y)
-        out = RegistrationOutput(warped=warp(x, field["ddf"]), ddf=field["ddf"], velocity=field.get("velocity"))
+        out = RegistrationOutput(
+            warped=warp(x, field["ddf"]), ddf=field["ddf"], velocity=field.get("velocity")
+        )
         if "moving_label" in batch:
             labels = batch["moving_label"]
             out.warped_label = warp(one_hot(labels, int(labels.max()) + 1, x.dtype), out.ddf)

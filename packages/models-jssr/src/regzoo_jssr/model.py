@@ -1,6 +1,6 @@
 """JSSR: joint synthesis, segmentation and registration (METHODS.md J30).
 
-Liu, Yan, Lu, Harrison, et al., "JSSR: A Joint Synthesis, Segmentation, and Registration System
+F. Liu et al., "JSSR: A Joint Synthesis, Segmentation, and Registration System
 for 3D Multi-Modal Image Alignment of Large-scale Pathological CT Scans", ECCV 2020
 (arXiv 2005.12209). No official code exists; this follows the paper's method section.
 
@@ -126,6 +126,8 @@ class JSSR(RegistrationModel):
         One optimiser holds G, Phi and S: each stage updates the networks its loss reaches
         (parameters without a gradient are skipped), every network keeps its optimiser state
         from one stage to the next, and the joint (G, Phi, S) update is one backward pass.
+        (One optimiser per network, G and Phi then starting stage 2 at the undecayed learning
+        rate, gave a smaller joint-stage gain on the quick preset: README, "Quick preset".)
         """
         return {
             "model": [
@@ -195,21 +197,43 @@ class JSSR(RegistrationModel):
     ) -> torch.Tensor | None:
         """``1 - Dice(S(y_sup), p_sup)`` over the labelled fixed (target-modality) images.
 
-        Uses ``fixed_label`` only, restricted to the samples flagged in ``labelled`` when the
-        batch has that key; ``None`` when nothing is labelled. ``fixed_seg`` (S(y) logits, if
-        already computed) saves a forward pass of S.
+        Uses ``fixed_label`` only, on the samples whose map has a non-zero label: regzoo's file
+        datasets give an image without a label map an all-zero map (their ``labelled`` flag says
+        whether *both* images have one, which is not what supervision of the fixed image needs).
+        ``None`` when no fixed image is labelled. ``fixed_seg`` (S(y) logits, if already
+        computed) saves a forward pass of S.
         """
         if "fixed_label" not in batch:
             return None
         labels = batch["fixed_label"]
+        keep = labels.flatten(1).ne(0).any(1)
+        if not bool(keep.any()):
+            return None
         logits = self.segmentor(batch["fixed"]) if fixed_seg is None else fixed_seg
-        if "labelled" in batch:
-            keep = batch["labelled"].bool()
-            if not bool(keep.any()):
-                return None
+        if not bool(keep.all()):
             logits, labels = logits[keep], labels[keep]
         probs = logits.softmax(1)
         return self.dice(probs, one_hot(labels, self.num_classes, probs.dtype))
+
+    def segmentation_terms(
+        self,
+        batch: Batch,
+        moving_seg: torch.Tensor,
+        fixed_seg: torch.Tensor,
+        ddf: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The terms of H: ``seg_consistency`` ``1 - Dice(tau(S(G(x, y))), S(y))`` and, where
+        fixed images are labelled, ``seg_supervised`` (:meth:`supervised_loss`).
+
+        Args:
+            moving_seg: S(G(x, y)) logits ``(B, K, *S)``; fixed_seg: S(y) logits; ddf: tau.
+        """
+        warped_seg = warp(moving_seg.softmax(1), ddf)
+        terms = {"seg_consistency": self.dice(warped_seg, fixed_seg.softmax(1))}
+        supervised = self.supervised_loss(batch, fixed_seg)
+        if supervised is not None:
+            terms["seg_supervised"] = supervised
+        return terms
 
     def loss(self, batch: Batch, out: RegistrationOutput) -> dict[str, torch.Tensor]:
         """The (G, Phi, S) objective ``F + lambda_seg H`` by term; ``"loss"`` is the total.
@@ -223,18 +247,11 @@ class JSSR(RegistrationModel):
             "l1": (out.extras["warped_synthesized"] - y).abs().mean(),
             "smooth": self.smoothness(out.ddf),
         }
-        total = (
-            self.gan_weight * terms["gan"] + terms["l1"] + self.smooth_weight * terms["smooth"]
-        )
+        total = self.gan_weight * terms["gan"] + terms["l1"] + self.smooth_weight * terms["smooth"]
         if out.moving_seg is not None and out.fixed_seg is not None:
-            warped_seg = warp(out.moving_seg.softmax(1), out.ddf)
-            terms["seg_consistency"] = self.dice(warped_seg, out.fixed_seg.softmax(1))
-            h = terms["seg_consistency"]
-            supervised = self.supervised_loss(batch, out.fixed_seg)
-            if supervised is not None:
-                terms["seg_supervised"] = supervised
-                h = h + supervised
-            total = total + self.seg_weight * h
+            seg_terms = self.segmentation_terms(batch, out.moving_seg, out.fixed_seg, out.ddf)
+            terms.update(seg_terms)
+            total = total + self.seg_weight * sum(seg_terms.values())
         terms["loss"] = total
         return terms
 

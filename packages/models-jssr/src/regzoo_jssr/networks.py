@@ -173,7 +173,9 @@ class Register(nn.Module):
         transformer: Mapping[str, Any],
     ) -> None:
         super().__init__()
-        self.backbone = build("backbone", {**backbone, "ndim": ndim, "in_channels": 2 * in_channels})
+        self.backbone = build(
+            "backbone", {**backbone, "ndim": ndim, "in_channels": 2 * in_channels}
+        )
         self.transformer = build("transformer", dict(transformer))
         probe = (8,) * ndim
         if tuple(self.transformer.param_shape(probe)) != (ndim, *probe):

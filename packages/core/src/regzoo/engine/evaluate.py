@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..metrics import summarize
+from ..models import RegistrationOutput
 from ..registry import build
 from ..spatial import warp_labels
 from .overview import render_overview
@@ -36,8 +37,12 @@ def evaluate_case(
     ddf: torch.Tensor,
     metrics: Mapping[str, Any],
     label_warp: str = "nearest",
+    out: RegistrationOutput | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Metric values ``(B,)`` by name for one batch and its field ``ddf``."""
+    """Metric values ``(B,)`` by name for one batch and its field ``ddf``.
+
+    ``out`` (the model's output) gives metrics its segmentations (``moving_seg``, ``fixed_seg``).
+    """
     warped_label = None
     if "moving_label" in batch:
         warped_label = warp_labels(batch["moving_label"], ddf, mode=label_warp)
@@ -48,6 +53,9 @@ def evaluate_case(
         "ddf": ddf,
         "warped_label": warped_label,
         "fixed_label": batch.get("fixed_label"),
+        "moving_label": batch.get("moving_label"),
+        "moving_seg": None if out is None else out.moving_seg,
+        "fixed_seg": None if out is None else out.fixed_seg,
         "spacing": spacing,
         "fixed_landmarks": batch.get("fixed_landmarks"),
         "moving_landmarks": batch.get("moving_landmarks"),
@@ -102,7 +110,7 @@ def evaluate(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             runtime = time.perf_counter() - start
-            after = evaluate_case(batch, out.ddf, built, label_warp)
+            after = evaluate_case(batch, out.ddf, built, label_warp, out)
             before = evaluate_case(batch, torch.zeros_like(out.ddf), built, label_warp)
             if i == 0 and overview is not None:
                 render_overview(

@@ -6,7 +6,9 @@ in physical space first. Outputs carry the fixed image's original header:
 - ``warped.nii.gz``: the moving image (original intensities) warped onto the fixed image;
 - ``ddf.nii.gz``: the displacement field as ITK reads it (:func:`regzoo.data.io.save_ddf`);
 - ``warped_seg.nii.gz``: the moving labels warped with nearest-neighbour sampling;
-- ``uncertainty.nii.gz``: per-voxel uncertainty for models that sample (``--samples``).
+- ``uncertainty.nii.gz``: per-voxel uncertainty for models that sample (``--samples``);
+- ``synthesized.nii.gz``, ``moving_seg_pred.nii.gz``, ``fixed_seg_pred.nii.gz``: for models that
+  synthesise an image or segment the pair (JSSR), on the fixed grid, segmentations as label maps.
 
 With ``learn2reg=True`` the field is written as the Learn2Reg challenge takes submissions:
 ``disp_<fixed id>_<moving id>.nii.gz``, an ``(X, Y, Z, 3)`` array of displacements in voxels
@@ -168,7 +170,14 @@ def write_outputs(
     if "moving_label" in pair.batch:
         written.append(out_dir / "warped_seg.nii.gz")
         save_image(warp_labels(pair.batch["moving_label"], ddf)[0], info, written[-1])
-    if out.uncertainty is not None:
-        written.append(out_dir / "uncertainty.nii.gz")
-        save_image(out.uncertainty.detach().float().cpu()[0], info, written[-1])
+    extras = {
+        "uncertainty": out.uncertainty,
+        "synthesized": out.synthesized,
+        "moving_seg_pred": None if out.moving_seg is None else out.moving_seg.argmax(1, True),
+        "fixed_seg_pred": None if out.fixed_seg is None else out.fixed_seg.argmax(1, True),
+    }
+    for name, value in extras.items():
+        if value is not None:
+            written.append(out_dir / f"{name}.nii.gz")
+            save_image(value.detach().cpu()[0], info, written[-1])
     return written

@@ -95,11 +95,13 @@ def machine(data: dict, results: list[Result]) -> list[str]:
         + (" (uncommitted changes)" if data.get("commit_info", {}).get("dirty") else ""),
     ]
     if loads:
+        # The run's own threads make a load of about `threads`; more means other work competed.
+        threads = first.get("threads") if isinstance(first.get("threads"), int) else 1
         lines.append(
             f"- Load average (1 min) during the run: {min(loads):.1f} to {max(loads):.1f}"
             + (
                 "  **(a busy machine: treat the timings as preliminary)**"
-                if max(loads) > 1.5
+                if max(loads) > threads + 1
                 else ""
             )
         )

@@ -101,11 +101,11 @@ class VxmUnet(nn.Module):
             self.remaining.append(ConvBlock(ndim, prev, nf))
             prev = nf
         self.out_channels = prev
-        if ndim == 3:
-            # 3D convolutions and their backward (most of a training step) run 20-30% faster
-            # on channels-last (NDHWC) weights and activations with oneDNN on the CPU (measured:
-            # BENCHMARKS.md); the values and the state_dict are the same.
-            self.to(memory_format=torch.channels_last_3d)
+        # Convolutions and their backward (most of a training step) run 20-30% faster on
+        # channels-last (NHWC / NDHWC) weights and activations with oneDNN on the CPU (measured:
+        # BENCHMARKS.md, docs/decisions.md); the values and the state_dict are the same.
+        self.memory_format = torch.channels_last if ndim == 2 else torch.channels_last_3d
+        self.to(memory_format=self.memory_format)
 
     def _upsamples(self, level: int) -> bool:
         return not self.half_res or level < self.levels - 1
@@ -113,8 +113,7 @@ class VxmUnet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, in_channels, *S)`` to features ``(B, out_channels, *S)`` (or at half
         resolution with ``half_res``)."""
-        if x.dim() == 5:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=self.memory_format)
         history = []
         for convs in self.encoder:
             for conv in convs:

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
+from regzoo.testing import one_thread as _one_thread
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run each test on one intra-op thread (tiny shapes gain nothing from more; restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = pytest.fixture(autouse=True)(_one_thread)

@@ -54,6 +54,7 @@ __all__ = [
     "check_zero_output",
     "model_cases",
     "parametrize_models",
+    "one_thread",
     "input_size",
     "suite_config",
     "tiny_batch",
@@ -355,3 +356,17 @@ def parametrize_models(
         for n, d in model_cases(pattern, plugin)
     ]
     return pytest.mark.parametrize(("name", "ndim"), cases)
+
+
+
+def one_thread() -> Any:
+    """Run a test on one intra-op thread (restored after): a generator for ``pytest.fixture``.
+
+    Tiny test shapes gain nothing from more threads and lose much on a busy machine. A plugin's
+    ``conftest.py`` applies it to every test with
+    ``one_thread = pytest.fixture(autouse=True)(regzoo.testing.one_thread)``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

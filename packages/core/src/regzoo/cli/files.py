@@ -122,6 +122,8 @@ def register_command(
         raise UserError("register needs --moving and --fixed (or --pairs FILE)")
     else:
         todo = [PairFiles(moving, fixed, moving_seg, fixed_seg)]
+    if lr is not None and not lr > 0:
+        raise UserError(f"--lr must be a positive learning rate, got {lr}")
     for p in todo:
         _check_exists(p.moving, p.fixed, p.moving_seg, p.fixed_seg)
     runtime = setup_runtime(device, threads)

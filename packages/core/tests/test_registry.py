@@ -97,37 +97,25 @@ def test_import_is_lazy():
     assert out.stdout.strip() == "ok"
 
 
-def test_broken_plugin_is_reported_not_fatal(monkeypatch):
-    """A plugin that raises on import is recorded with its error; the rest keeps working."""
-    good = types.ModuleType("regzoo_fake_good")
+class FakeEP:
+    """An entry point of a fake distribution ``regzoo-models-<name>`` (module ``regzoo_<name>``)."""
 
-    def _register_good():
-        @reg.register_metric("fake-good-metric", summary="registered by a fake plugin")
-        def fake(**_):
-            return 0
+    def __init__(self, name, loader):
+        self.name, self.value, self._loader = name, f"regzoo_{name.replace('-', '_')}", loader
+        self.dist = types.SimpleNamespace(name=f"regzoo-models-{name}", version="9.9")
 
-    def load_good():
-        _register_good()
-        return good
+    def load(self):
+        return self._loader()
 
-    def load_bad():
-        raise ImportError("this plugin is broken on purpose")
 
-    class FakeEP:
-        def __init__(self, name, loader):
-            self.name, self.value, self._loader = name, f"regzoo_{name}", loader
-            self.dist = types.SimpleNamespace(name=f"regzoo-models-{name}", version="9.9")
-
-        def load(self):
-            return self._loader()
-
+def _fake_plugins(monkeypatch, *fake_eps):
+    """Reload the registry with ``fake_eps`` before the installed plugins; a private metric
+    registry (a copy of the real one) receives what they register, and is returned."""
     real_entry_points = importlib.metadata.entry_points
 
     def fake_entry_points(group=None, **kw):
         if group == reg.ENTRY_POINT_GROUP:
-            return [FakeEP("zz-broken", load_bad), FakeEP("zz-good", load_good)] + list(
-                real_entry_points(group=group)
-            )
+            return list(fake_eps) + list(real_entry_points(group=group))
         return real_entry_points(group=group, **kw)
 
     monkeypatch.setattr(reg, "entry_points", fake_entry_points)
@@ -137,10 +125,48 @@ def test_broken_plugin_is_reported_not_fatal(monkeypatch):
     metric_registry._entries = dict(reg._REGISTRIES["metric"]._entries)
     monkeypatch.setitem(reg._REGISTRIES, "metric", metric_registry)
     monkeypatch.setattr(reg, "register_metric", metric_registry.register)
+    return metric_registry
 
+
+def test_broken_plugin_is_reported_not_fatal(monkeypatch):
+    """A plugin that raises on import is recorded with its error; the rest keeps working."""
+    good = types.ModuleType("regzoo_fake_good")
+
+    def load_good():
+        @reg.register_metric("fake-good-metric", summary="registered by a fake plugin")
+        def fake(**_):
+            return 0
+
+        return good
+
+    def load_bad():
+        raise ImportError("this plugin is broken on purpose")
+
+    metric_registry = _fake_plugins(
+        monkeypatch, FakeEP("zz-broken", load_bad), FakeEP("zz-good", load_good)
+    )
     status = {p.name: p for p in regzoo.plugins()}
     assert "ImportError: this plugin is broken on purpose" == status["zz-broken"].error
     assert status["zz-good"].error is None
     assert status["zz-good"].entries == ["metric:fake-good-metric"]
     assert metric_registry.get("fake-good-metric").plugin == "regzoo-models-zz-good"
     assert "svf" in regzoo.get_registry("transformer").names()
+
+
+def test_plugin_imported_before_the_registry_loads_still_owns_its_entries(monkeypatch):
+    """A test or script that imports a plugin's module directly registers its entries before
+    the entry point loads; they are attributed to the plugin all the same (``model_cases`` and
+    ``regzoo list`` filter by it)."""
+    metric_registry = _fake_plugins(monkeypatch, FakeEP("zz-early", lambda: None))
+
+    def early(**_):
+        return 0
+
+    early.__module__ = "regzoo_zz_early.metrics"
+    metric_registry.register("fake-early-metric", summary="registered on import")(early)
+    assert metric_registry._entries["fake-early-metric"].plugin == "regzoo"  # not loaded yet
+
+    status = {p.name: p for p in regzoo.plugins()}
+    assert status["zz-early"].entries == ["metric:fake-early-metric"]
+    assert metric_registry.get("fake-early-metric").plugin == "regzoo-models-zz-early"
+    assert metric_registry.get("dice").plugin == "regzoo"

@@ -5,6 +5,6 @@ from __future__ import annotations
 from regzoo.testing import check_model, parametrize_models
 
 
-@parametrize_models("jssr*")
+@parametrize_models(plugin="regzoo-models-jssr")
 def test_conformance(name, ndim):
     check_model(name, ndim)

@@ -324,6 +324,22 @@ def _load_plugin(ep: Any) -> None:
         status.traceback = traceback.format_exc()
     finally:
         _loading.plugin, _loading.status = None, None
+    _claim_early_entries(ep.value.split(":")[0].split(".")[0], status)
+
+
+def _claim_early_entries(package: str, status: PluginStatus) -> None:
+    """Attribute to a plugin the entries its package registered before its entry point loaded.
+
+    A plugin module imported directly (by a test, a script) registers its entries outside
+    :func:`_load_plugin`; loading the entry point then imports nothing new. Their builders' module
+    still says whose they are.
+    """
+    for registry in _REGISTRIES.values():
+        for name, entry in list(registry._entries.items()):
+            module = getattr(entry.builder, "__module__", None) or ""
+            if entry.plugin == "regzoo" and (module == package or module.startswith(package + ".")):
+                registry._entries[name] = dataclasses.replace(entry, plugin=status.distribution)
+                status.entries.append(f"{entry.kind}:{name}")
 
 
 def get_registry(kind: str) -> Registry:

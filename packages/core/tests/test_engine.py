@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from regzoo.config import resolve_config
-from regzoo.engine import load_checkpoint, save_checkpoint, train
+from regzoo.engine import Trainer, load_checkpoint, save_checkpoint, train
 from regzoo.errors import ConfigError, NonFiniteLossError
 from regzoo.models import RegistrationModel, RegistrationOutput
 from regzoo.registry import register_dataset, register_model
@@ -118,6 +118,21 @@ def test_resume_continues_to_the_same_weights(tmp_path):
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     steps = [int(r["step"]) for r in csv.DictReader((tmp_path / "part" / "log.csv").open())]
     assert steps == sorted(set(steps)) and steps[-1] == 20
+
+
+def test_stop_at_checkpoints_midway_and_resume_finishes_the_same_schedule(tmp_path):
+    """fit(stop_at=k) is an interruption at step k: a checkpoint, no evaluation; resuming it
+    reaches the weights of one uninterrupted run (the learning rate decays over train.steps)."""
+    cfg = _cfg("train.steps=20", "train.scheduler=poly")
+    full = Trainer(cfg, tmp_path / "full", progress=False).fit()
+    part = Trainer(cfg, tmp_path / "part", progress=False).fit(stop_at=8)
+    assert (part.step, part.metrics) == (8, None)
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 8
+    done = Trainer(cfg, tmp_path / "part", progress=False).fit(resume=True)
+    assert done.step == 20 and done.metrics is not None
+    a = load_checkpoint(full.out_dir / "last.pt")["state_dict"]["shift"]
+    b = load_checkpoint(done.out_dir / "last.pt")["state_dict"]["shift"]
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

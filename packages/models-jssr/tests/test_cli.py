@@ -93,6 +93,10 @@ def test_evaluate_reports_segmentation_dice(run, capsys):
     for key in ("seg-dice-moving", "seg-dice-fixed"):
         assert 0.0 <= report["summary"][key] <= 1.0
         assert all(key in case for case in report["cases"])
+    assert main(["evaluate", str(run / "last.pt"), "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for key in ("seg-dice-moving", "seg-dice-fixed"):  # the summary a person reads, too
+        assert f"  {key}: {report['summary'][key]:.4g}" in lines
 
 
 def test_register_writes_synthesis_and_both_segmentations(run, tmp_path):

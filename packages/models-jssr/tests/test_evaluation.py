@@ -113,13 +113,14 @@ def model_and_data():
 def test_evaluate_jssr_registration_dice_is_cores(model_and_data):
     model, data = model_and_data
     ours = evaluate_jssr(model, data)
-    core = evaluate(model, data, metrics=["dice"])
+    core = evaluate(model, data, metrics=["dice", "folding"])
     assert ours["dice"] == pytest.approx(core["summary"]["dice"], abs=1e-6)  # core: float32
-    identity = evaluate(model, data, metrics=["dice"])["identity"]["dice"]
-    assert ours["dice_identity"] == pytest.approx(identity, abs=1e-6)
+    assert ours["dice_identity"] == pytest.approx(core["identity"]["dice"], abs=1e-6)
+    assert ours["folding"] == pytest.approx(core["summary"]["folding"], abs=1e-6)
     assert set(ours) == {
         "dice",
         "dice_identity",
+        "folding",
         "synth_agrees_moving",
         "synth_agrees_fixed",
         "seg_dice_moving",
@@ -151,7 +152,8 @@ def test_evaluate_jssr_segmentation_terms(model_and_data):
     assert ours["seg_dice_fixed"] == pytest.approx(np.mean(scores["fixed"]), abs=1e-9)
 
 
-def test_mi_baseline_reports_registration_dice_only(model_and_data):
+def test_mi_baseline_reports_registration_measures_only(model_and_data):
     _, data = model_and_data
     baseline = regzoo.create_model("jssr-mi-baseline", **suite_config("jssr-mi-baseline", 2))
-    assert set(evaluate_jssr(baseline, data, max_pairs=2)) == {"dice", "dice_identity"}
+    measures = set(evaluate_jssr(baseline, data, max_pairs=2))
+    assert measures == {"dice", "dice_identity", "folding"}

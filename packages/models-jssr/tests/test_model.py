@@ -147,6 +147,23 @@ def test_moving_labels_never_reach_a_loss():
     assert any(not torch.equal(v, runs["fixed"][k]) for k, v in runs["ref"].items())
 
 
+def test_supervised_loss_is_dice_plus_weighted_cross_entropy():
+    """``seg_ce_weight`` adds a voxel-wise cross-entropy to the paper's 1 - Dice (0: Dice only)."""
+    batch = tiny_batch(2, (32, 32), num_classes=NUM_CLASSES)
+    labels = batch["fixed_label"]
+    with torch.no_grad():
+        dice_only = _model().supervised_loss(batch)
+        logits = _model().segmentor(batch["fixed"])
+        probs = logits.softmax(1)
+        onehot = torch.nn.functional.one_hot(labels[:, 0], NUM_CLASSES).permute(0, 3, 1, 2)
+        dice = 2 * (probs * onehot).sum((2, 3)) / (probs + onehot).sum((2, 3))
+        ce = torch.nn.functional.cross_entropy(logits, labels[:, 0])
+        torch.testing.assert_close(dice_only, 1 - dice.mean())
+        torch.testing.assert_close(
+            _model(seg_ce_weight=0.5).supervised_loss(batch), dice_only + 0.5 * ce
+        )
+
+
 def test_unlabelled_fixed_images_are_not_supervised():
     """A fixed label map of zeros (a file without labels) is left out of the supervised Dice."""
     model = _model()

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from regzoo.metrics import Metric, dice_per_label, label_ids
+from regzoo.metrics import Metric, dice_per_label, folding, label_ids
 from regzoo.spatial import warp_labels
 
 __all__ = [
@@ -135,14 +135,15 @@ def evaluate_jssr(
 
     Returns:
         ``dice`` (registration: moving labels warped nearest-neighbour vs fixed labels),
-        ``dice_identity`` (the same without registration), ``seg_dice_moving`` (S(G(x, y)) vs
+        ``dice_identity`` (the same without registration), ``folding`` (fraction of interior
+        voxels where tau folds, core's :func:`~regzoo.metrics.folding`), ``seg_dice_moving`` (S(G(x, y)) vs
         the moving labels: S never saw a moving-contrast label), ``seg_chance_moving`` (its
         :func:`chance_dice`), ``seg_dice_fixed`` (S(y) vs the fixed labels); on the voxels where
         the moving and fixed labels disagree, ``geometry_moving`` / ``geometry_fixed``
         (:func:`correlation_ratio` of G(x, y) given the moving / fixed labels) and
         ``synth_agrees_moving`` / ``synth_agrees_fixed`` (:func:`label_agreement` of S(G(x, y))
         with the moving / fixed labels). Models without segmentations or synthesis (the MI
-        baseline) give the two registration Dice only.
+        baseline) give the registration measures only.
     """
     if max_pairs is not None and len(dataset) > max_pairs:
         dataset = Subset(dataset, range(max_pairs))
@@ -168,6 +169,7 @@ def _case(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.T
     values = {
         "dice": dice_per_label(warp_labels(moving, out.ddf), fixed).nanmean(1),
         "dice_identity": dice_per_label(moving, fixed).nanmean(1),
+        "folding": folding(out.ddf),
     }
     differ = moving != fixed
     if out.moving_seg is not None and out.fixed_seg is not None:

@@ -68,6 +68,9 @@ class JSSR(RegistrationModel):
         gan_weight: weight of L_GAN in F.
         smooth_weight: lambda_smooth, weight of ``||grad tau||^2`` in L_reg.
         seg_weight: lambda_seg, weight of H in the joint objective.
+        seg_ce_weight: weight of a voxel-wise cross-entropy added to S's supervised Dice (0, the
+            paper's pure Dice, by default). Soft Dice alone, one image per step, can drop a class
+            for good: S then never predicts it and its Dice has no gradient towards it.
         stage_steps: steps of the three stages; the joint stage continues past its count.
     """
 
@@ -85,6 +88,7 @@ class JSSR(RegistrationModel):
         gan_weight: float = 1.0,
         smooth_weight: float = 1.0,
         seg_weight: float = 1.0,
+        seg_ce_weight: float = 0.0,
         stage_steps: Sequence[int] = (1000, 1000, 2000),
     ) -> None:
         super().__init__()
@@ -104,10 +108,12 @@ class JSSR(RegistrationModel):
         self.segmentor = Segmentor(ndim, in_channels, num_classes, segmentor)
         self.dice = build("loss", {"name": "dice", "complement": True})  # 1 - Dice
         self.smoothness = build("loss", {"name": "grad", "penalty": "l2"})
+        self.cross_entropy = build("loss", {"name": "ce", "logits": True})
         self.gan_loss = gan_loss
         self.gan_weight = gan_weight
         self.smooth_weight = smooth_weight
         self.seg_weight = seg_weight
+        self.seg_ce_weight = seg_ce_weight
         self.stage_steps = tuple(int(s) for s in stage_steps)
 
     # -- schedule ---------------------------------------------------------------------------------
@@ -127,7 +133,7 @@ class JSSR(RegistrationModel):
         (parameters without a gradient are skipped), every network keeps its optimiser state
         from one stage to the next, and the joint (G, Phi, S) update is one backward pass.
         (One optimiser per network, G and Phi then starting stage 2 at the undecayed learning
-        rate, gave a smaller joint-stage gain on the quick preset: README, "Quick preset".)
+        rate, gave a smaller joint-stage gain on an earlier quick preset.)
         """
         return {
             "model": [
@@ -195,7 +201,8 @@ class JSSR(RegistrationModel):
     def supervised_loss(
         self, batch: Batch, fixed_seg: torch.Tensor | None = None
     ) -> torch.Tensor | None:
-        """``1 - Dice(S(y_sup), p_sup)`` over the labelled fixed (target-modality) images.
+        """``1 - Dice(S(y_sup), p_sup)`` (plus ``seg_ce_weight`` times the cross-entropy) over
+        the labelled fixed (target-modality) images.
 
         Uses ``fixed_label`` only, on the samples whose map has a non-zero label: regzoo's file
         datasets give an image without a label map an all-zero map (their ``labelled`` flag says
@@ -212,8 +219,11 @@ class JSSR(RegistrationModel):
         logits = self.segmentor(batch["fixed"]) if fixed_seg is None else fixed_seg
         if not bool(keep.all()):
             logits, labels = logits[keep], labels[keep]
-        probs = logits.softmax(1)
-        return self.dice(probs, one_hot(labels, self.num_classes, probs.dtype))
+        target = one_hot(labels, self.num_classes, logits.dtype)
+        loss = self.dice(logits.softmax(1), target)
+        if self.seg_ce_weight:
+            loss = loss + self.seg_ce_weight * self.cross_entropy(logits, target)
+        return loss
 
     def segmentation_terms(
         self,

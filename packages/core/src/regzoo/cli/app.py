@@ -192,9 +192,13 @@ def _print_summary(metrics: dict[str, Any], what: str) -> None:
     s, i = metrics["summary"], metrics["identity"]
     if "dice" in s:
         typer.echo(f"Dice ({what}): identity {i['dice']:.3f} -> trained {s['dice']:.3f}")
-    for key in ("hd95", "sdlogj", "folding", "tre"):
-        if key in s:
-            typer.echo(f"  {key}: identity {i.get(key, float('nan')):.4g} -> trained {s[key]:.4g}")
+    for key, value in s.items():
+        if key in ("pair", "dice", "runtime_s"):
+            continue
+        if key in i:
+            typer.echo(f"  {key}: identity {i[key]:.4g} -> trained {value:.4g}")
+        else:  # a measure of the model's own outputs (e.g. its segmentations)
+            typer.echo(f"  {key}: {value:.4g}")
     typer.echo(f"  runtime: {s['runtime_s'] * 1000:.1f} ms per pair")
 
 

@@ -228,8 +228,13 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
     # -- the loop -------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> TrainResult:
-        """Train until ``train.steps``, then evaluate on held-out pairs (rank 0)."""
+    def fit(self, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+        """Train until ``train.steps``, then evaluate on held-out pairs (rank 0).
+
+        ``stop_at`` ends the run earlier, after that many steps, as an interrupted run would: a
+        checkpoint and no evaluation (``metrics`` is ``None``); ``resume`` continues it, on the
+        same schedule. Branching experiments train to a step once and resume from there.
+        """
         t = self.cfg.train
         if resume:
             self.resume()
@@ -240,11 +245,12 @@ class Trainer:
             OmegaConf.save(self.cfg, self.out_dir / "config.yaml")
             log = CsvLog(self.out_dir / "log.csv", self.step if resume else None)
         total = int(t.steps)
+        end = total if stop_at is None else min(int(stop_at), total)
         display = _Progress(total, self.step, enabled=self.progress)
         start = time.perf_counter()
         self.model.train()
         try:
-            while self.step < total:
+            while self.step < end:
                 step = self.step
                 stage = self.model.stage(step)
                 batch = self._batch(step)
@@ -280,7 +286,7 @@ class Trainer:
             self._check_ranks_in_sync()
         self.save()
         metrics = None
-        if self.runtime.is_main:
+        if self.runtime.is_main and self.step >= total:
             metrics = self.final_evaluation()
         if self.runtime.distributed:
             dist.barrier()

@@ -358,7 +358,6 @@ def parametrize_models(
     return pytest.mark.parametrize(("name", "ndim"), cases)
 
 
-
 def one_thread() -> Any:
     """Run a test on one intra-op thread (restored after): a generator for ``pytest.fixture``.
 

@@ -136,14 +136,14 @@ def evaluate_jssr(
     Returns:
         ``dice`` (registration: moving labels warped nearest-neighbour vs fixed labels),
         ``dice_identity`` (the same without registration), ``folding`` (fraction of interior
-        voxels where tau folds, core's :func:`~regzoo.metrics.folding`), ``seg_dice_moving`` (S(G(x, y)) vs
-        the moving labels: S never saw a moving-contrast label), ``seg_chance_moving`` (its
-        :func:`chance_dice`), ``seg_dice_fixed`` (S(y) vs the fixed labels); on the voxels where
-        the moving and fixed labels disagree, ``geometry_moving`` / ``geometry_fixed``
-        (:func:`correlation_ratio` of G(x, y) given the moving / fixed labels) and
-        ``synth_agrees_moving`` / ``synth_agrees_fixed`` (:func:`label_agreement` of S(G(x, y))
-        with the moving / fixed labels). Models without segmentations or synthesis (the MI
-        baseline) give the registration measures only.
+        voxels where tau folds, core's :func:`~regzoo.metrics.folding`), ``seg_dice_moving``
+        (S(G(x, y)) vs the moving labels: S never saw a moving-contrast label),
+        ``seg_chance_moving`` (its :func:`chance_dice`), ``seg_dice_fixed`` (S(y) vs the fixed
+        labels); on the voxels where the moving and fixed labels disagree, ``geometry_moving``
+        / ``geometry_fixed`` (:func:`correlation_ratio` of G(x, y) given the moving / fixed
+        labels) and ``synth_agrees_moving`` / ``synth_agrees_fixed`` (:func:`label_agreement`
+        of S(G(x, y)) with the moving / fixed labels). Models without segmentations or synthesis
+        (the MI baseline) give the registration measures only.
     """
     if max_pairs is not None and len(dataset) > max_pairs:
         dataset = Subset(dataset, range(max_pairs))

@@ -100,6 +100,7 @@ def test_training_learns_writes_files_and_checkpoint_describes_itself(tmp_path):
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert result.metrics["summary"]["dice"] > result.metrics["identity"]["dice"]
+    assert "pair" not in result.metrics["summary"]  # an index, not a measure
 
 
 def test_resume_continues_to_the_same_weights(tmp_path):

@@ -193,7 +193,7 @@ def _print_summary(metrics: dict[str, Any], what: str) -> None:
     if "dice" in s:
         typer.echo(f"Dice ({what}): identity {i['dice']:.3f} -> trained {s['dice']:.3f}")
     for key, value in s.items():
-        if key in ("pair", "dice", "runtime_s"):
+        if key in ("dice", "runtime_s"):
             continue
         if key in i:
             typer.echo(f"  {key}: identity {i[key]:.4g} -> trained {value:.4g}")

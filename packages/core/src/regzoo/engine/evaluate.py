@@ -133,7 +133,9 @@ def evaluate(
             cases.append(case)
     finally:
         model.train(was_training)
-    after_cases = [{k: v for k, v in c.items() if not k.startswith("before_")} for c in cases]
+    after_cases = [
+        {k: v for k, v in c.items() if k != "pair" and not k.startswith("before_")} for c in cases
+    ]
     before_cases = [
         {k[len("before_") :]: v for k, v in c.items() if k.startswith("before_")}
         | {"runtime_s": 0.0}

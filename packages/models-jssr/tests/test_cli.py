@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -120,3 +122,14 @@ def test_register_writes_synthesis_and_both_segmentations(run, tmp_path):
         np.testing.assert_allclose(img.affine, fixed.affine)
     seg = np.asarray(nib.load(out / "fixed_seg_pred.nii.gz").dataobj)
     assert np.issubdtype(seg.dtype, np.integer) and seg.min() >= 0 and seg.max() < 4
+
+
+@pytest.mark.parametrize(
+    ("override", "named"), [("model.nope=1", "'nope'"), ("model.seg_ce_weight=-1", "seg_ce_weight")]
+)
+def test_study_refuses_a_bad_override_in_one_line(override, named):
+    res = subprocess.run(
+        [sys.executable, "-m", "regzoo_jssr.study", override], capture_output=True, text=True
+    )
+    assert res.returncode == 2 and res.stdout == ""
+    assert len(res.stderr.strip().splitlines()) == 1 and named in res.stderr, res.stderr

@@ -79,6 +79,8 @@ def test_stage_is_a_function_of_the_step():
         {"gan_loss": "wgan"},
         {"num_classes": 1},
         {"transformer": {"name": "affine"}},
+        {"seg_ce_weight": -1.0},
+        {"smooth_weight": float("nan")},
     ],
 )
 def test_bad_configs_are_refused(overrides):

@@ -100,6 +100,15 @@ class JSSR(RegistrationModel):
             )
         if num_classes < 2:
             raise ConfigError(f"model.num_classes must be at least 2, got {num_classes}")
+        weights = {
+            "gan_weight": gan_weight,
+            "smooth_weight": smooth_weight,
+            "seg_weight": seg_weight,
+            "seg_ce_weight": seg_ce_weight,
+        }
+        for key, value in weights.items():
+            if not value >= 0:
+                raise ConfigError(f"model.{key} must be a non-negative loss weight, got {value}")
         self.ndim = ndim
         self.num_classes = num_classes
         self.generator = Generator(ndim, in_channels, **generator)

@@ -26,6 +26,7 @@ import torch
 from regzoo import build
 from regzoo.config import resolve_config
 from regzoo.engine import Trainer
+from regzoo.errors import UserError
 
 from .evaluation import evaluate_jssr
 
@@ -93,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="jssr-study-"))
     try:
         results = run_study(args.seed, out, args.pairs, args.overrides)
+    except UserError as err:  # a bad override, as the regzoo command line reports it
+        parser.exit(2, f"{parser.prog}: {err}\n")
     finally:
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)

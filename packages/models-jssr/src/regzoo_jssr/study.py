@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from regzoo import build
 from regzoo.config import resolve_config
-from regzoo.engine import Trainer
+from regzoo.engine import Trainer, build_dataset
 from regzoo.errors import UserError
 
 from .evaluation import evaluate_jssr
@@ -53,7 +52,10 @@ def run_study(
     common = [*_CHEAP_EVAL, f"train.seed={seed}"]
     shared = [o for o in overrides if not o.startswith("model.")]
     cfg = resolve_config("jssr", None, [*common, *overrides])
-    test = build("dataset", {**dict(cfg.data), "split": "test", "num_subjects": test_pairs})
+    held_out = resolve_config(
+        "jssr", None, [*common, *overrides, f"data.num_subjects={test_pairs}"]
+    )
+    test = build_dataset(held_out, "test")
     s1, s2, s3 = (int(s) for s in cfg.model.stage_steps)
 
     first = Trainer(cfg, out / "joint", progress=False)

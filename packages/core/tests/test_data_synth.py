@@ -1,4 +1,4 @@
-"""The embedded synthetic data (METHODS.md B15): determinism, splits, shapes, contrasts, pairings."""
+"""The embedded synthetic data: determinism, splits, shapes, contrasts, pairings."""
 
 from __future__ import annotations
 

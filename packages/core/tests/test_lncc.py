@@ -1,4 +1,4 @@
-"""LNCC (METHODS.md B7): box sums and the closed-form gradient against the dense-kernel form, and the
+"""LNCC: box sums and the closed-form gradient against the dense-kernel form, and the
 value against the outside references MONAI (LocalNormalizedCrossCorrelationLoss) and neurite (the
 NCC that voxelmorph now points to)."""
 
@@ -165,7 +165,7 @@ def test_equals_neurite_ncc():
 
 @pytest.mark.parametrize("a, b", [(2.5, 0.3), (0.1, -4.0), (-3.0, 1.0)])
 def test_affine_intensity_change_is_perfect_correlation_in_the_interior(a, b):
-    """METHODS.md B7: LNCC(I, aI + b) = -1 in the interior (the squared form also for a < 0)."""
+    """LNCC(I, aI + b) = -1 in the interior (the squared form also for a < 0)."""
     image = 100.0 * textured((1, 1, 20, 22, 18), 14)
     cc = local_cc(image, a * image + b, window=5)
     interior = cc[..., 2:-2, 2:-2, 2:-2]

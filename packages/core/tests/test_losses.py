@@ -1,4 +1,4 @@
-"""Losses against outside references (METHODS.md B7-B9).
+"""Losses against outside references.
 
 References: MONAI's ``DiceLoss``, ``BendingEnergyLoss`` and ``GlobalMutualInformationLoss``;
 neurite's ``spatial_gradient`` (the maintained home of VoxelMorph's ``Grad`` since voxelmorph 0.3,

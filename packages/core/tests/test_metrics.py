@@ -1,4 +1,4 @@
-"""Metrics against outside references (METHODS.md B10; the Learn2Reg scorer).
+"""Metrics against outside references (the Learn2Reg scorer).
 
 References: MONAI's ``DiceMetric``; the ``surface-distance`` package the Learn2Reg scorer calls
 for HD95; the scorer's Jacobian (``scipy.ndimage.correlate`` with ``[-0.5, 0, 0.5]``, zero

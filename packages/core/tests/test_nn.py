@@ -9,8 +9,8 @@ from torch import nn
 import regzoo
 from regzoo.nn import ConvBlock, VxmUnet, conv_nd, max_pool_nd, norm_nd, upsample_to
 
-# Parameter counts of the official PyTorch VxmDense with the default features (METHODS.md R1:
-# 327,331 in 3D, 109,170 in 2D) minus its flow head (16 -> ndim channels, 3^ndim kernel).
+# Parameter counts of the official PyTorch VxmDense with the default features (the
+# paper's 327,331 in 3D, 109,170 in 2D) minus its flow head (16 -> ndim channels, 3^ndim kernel).
 FLOW_HEAD = {3: 16 * 3 * 27 + 3, 2: 16 * 2 * 9 + 2}
 OFFICIAL_VXM_DENSE = {3: 327_331, 2: 109_170}
 

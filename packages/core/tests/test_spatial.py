@@ -1,4 +1,4 @@
-"""Spatial transforms against outside references (METHODS.md B1-B6, DESIGN.md conventions).
+"""Spatial transforms against outside references (docs/conventions.md).
 
 References: scipy's ``map_coordinates`` (warping), ``torch.roll`` (integer shifts),
 ``F.affine_grid`` (affine), numpy convolutions (B-spline kernel), SimpleITK's

@@ -1,4 +1,4 @@
-"""JSSR's networks, losses and three-stage schedule (METHODS.md J30), on tiny inputs.
+"""JSSR's networks, losses and three-stage schedule, on tiny inputs.
 
 What makes the method JSSR and not another joint model: the stage at each step and which
 networks each stage updates; the segmentor supervised by the fixed (target-modality) labels
@@ -218,7 +218,7 @@ def test_lsgan_discriminator_loss():
 
 
 def test_phi_is_voxelmorph_by_default_and_takes_any_backbone():
-    """Phi with the default config is VxmDense (METHODS.md R1 counts); other backbones by config."""
+    """Phi with the default config is VxmDense (the paper's counts); other backbones by config."""
     assert _count(Register(3, 1, {"name": "vxm-unet"}, {"name": "dense"})) == 327_331
     assert _count(Register(2, 1, {"name": "vxm-unet"}, {"name": "dense"})) == 109_170
     small = {"name": "vxm-unet", "enc_features": [8, 8], "dec_features": [8, 8, 8]}

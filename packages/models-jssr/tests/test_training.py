@@ -1,4 +1,4 @@
-"""What makes JSSR that method, shown by training (slow tier; METHODS.md J30 "done means").
+"""What makes JSSR that method, shown by training (slow tier).
 
 :mod:`regzoo_jssr.study` for two seeds, one process each, in parallel: the quick preset (2D
 two-contrast synthetic pairs: moving scans in one contrast, fixed scans in another, each with

@@ -1,4 +1,4 @@
-"""VoxelMorph, VoxelMorph-1 and VoxelMorph-diff: what makes them those methods (METHODS.md R1).
+"""VoxelMorph, VoxelMorph-1 and VoxelMorph-diff: what makes them those methods.
 
 Parameter counts are those of the official PyTorch ``VxmDense`` (voxelmorph 0.2, ``networks.py``)
 with the same features; when an official PyTorch VoxelMorph is importable the weights are also
@@ -22,7 +22,7 @@ from regzoo.engine.trainer import train
 from regzoo.spatial import jacobian_determinant, one_hot, warp
 from regzoo.testing import check_model, parametrize_models, tiny_batch
 
-# Official VxmDense parameter counts (flow head included): METHODS.md R1 gives 327,331 for the 3D
+# Official VxmDense parameter counts (flow head included): the paper gives 327,331 for the 3D
 # default; the others were counted on voxelmorph 0.2's PyTorch VxmDense / Unet with the same
 # features. VoxelMorph-diff is the Unet with half_res=True and two 3x3 heads (mean, log sigma).
 OFFICIAL_COUNTS = {

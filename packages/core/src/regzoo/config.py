@@ -1,6 +1,6 @@
 """Run configuration: ``model``, ``data``, ``train`` and ``eval`` sections, layered with OmegaConf.
 
-Layers, later wins (DESIGN.md "Engine and CLI"):
+Layers, later wins (docs/conventions.md):
 
 1. package defaults (:class:`TrainConfig`, :class:`EvalConfig`, dataset ``synth``);
 2. the model's run preset (``quick`` by default, ``preset=paper`` for the paper's schedule);

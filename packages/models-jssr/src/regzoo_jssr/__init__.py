@@ -1,4 +1,4 @@
-"""regzoo plugin: JSSR, joint synthesis, segmentation and registration (METHODS.md J30).
+"""regzoo plugin: JSSR, joint synthesis, segmentation and registration.
 
 Fengze Liu et al., ECCV 2020 (arXiv 2005.12209). Registers the models ``jssr`` and
 ``jssr-mi-baseline`` (its register alone, trained with mutual information), the datasets

@@ -2,8 +2,8 @@
 
 The same backbone and transformer as JSSR's Phi (:class:`~regzoo_jssr.networks.Register`), fed
 the raw multimodal pair ``(x, y)`` and trained with core's ``RegistrationLoss``:
-``-MI(x o tau, y) + smooth_weight ||grad tau||^2`` (Parzen-window mutual information, METHODS.md
-B7), the usual choice for deformable multimodal registration without synthesis.
+``-MI(x o tau, y) + smooth_weight ||grad tau||^2`` (Parzen-window mutual information), the usual choice for deformable multimodal
+registration without synthesis.
 """
 
 from __future__ import annotations

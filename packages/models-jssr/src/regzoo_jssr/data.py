@@ -1,4 +1,4 @@
-"""Multimodal pairs for JSSR (METHODS.md J30): one modality moves, another is fixed.
+"""Multimodal pairs for JSSR: one modality moves, another is fixed.
 
 JSSR registers scans of two *modalities* (CT phases in the paper): every moving image is in the
 source modality, every fixed image in the target modality, and the segmentor is supervised in the

@@ -1,4 +1,4 @@
-"""JSSR: joint synthesis, segmentation and registration (METHODS.md J30).
+"""JSSR: joint synthesis, segmentation and registration.
 
 F. Liu et al., "JSSR: A Joint Synthesis, Segmentation, and Registration System
 for 3D Multi-Modal Image Alignment of Large-scale Pathological CT Scans", ECCV 2020

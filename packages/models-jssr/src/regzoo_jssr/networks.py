@@ -5,7 +5,7 @@
   from x carry x's geometry to the output and the pooled code carries none of y's, which keeps G
   from the trivial solution G(x, y) = y (with the registration the identity) that the paper
   warns of.
-- :class:`PatchDiscriminator` D (METHODS.md B13): strided 4x4 convolutions, LeakyReLU 0.2 and
+- :class:`PatchDiscriminator` D: strided 4x4 convolutions, LeakyReLU 0.2 and
   instance norm, one real/fake logit per patch (pix2pix's PatchGAN, Isola et al. 2017).
 - :class:`Register` Phi: a registered backbone (the VoxelMorph U-Net by default) on the
   concatenated pair, a 3x3 flow head initialised near zero (VoxelMorph's), and a registered
@@ -110,7 +110,7 @@ def _double_conv(ndim: int, in_channels: int, out_channels: int, norm: str | Non
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN discriminator (METHODS.md B13; Isola et al., CVPR 2017).
+    """PatchGAN discriminator (Isola et al., CVPR 2017).
 
     ``layers`` 4x4 convolutions at stride 2 (widths ``features * 2**i``, capped at 8x), one more at
     stride 1, then a 4x4 convolution to one logit per patch. Instance norm on all but the first

@@ -1,8 +1,8 @@
 """Data: the embedded synthetic generator, NIfTI folders and Learn2Reg datasets, file I/O.
 
-Registered datasets: ``synth`` (:class:`SynthDataset`, METHODS.md B15), ``folder``
+Registered datasets: ``synth`` (:class:`SynthDataset`), ``folder``
 (:class:`FolderDataset`) and ``learn2reg`` (:class:`Learn2RegDataset`). Items are dicts in the
-batch format of DESIGN.md without the batch dimension; :func:`make_loader` batches them.
+batch format of docs/conventions.md without the batch dimension; :func:`make_loader` batches them.
 """
 
 from .datasets import SynthDataset

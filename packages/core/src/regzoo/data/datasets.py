@@ -1,4 +1,4 @@
-"""The embedded synthetic dataset ``synth`` (METHODS.md B15): registration pairs made on the fly.
+"""The embedded synthetic dataset ``synth``: registration pairs made on the fly.
 
 Every item is a pure function of ``(seed, split, index)``, so DataLoader workers regenerate items
 instead of holding arrays, and two runs with one seed see the same data.

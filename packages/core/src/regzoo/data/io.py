@@ -1,4 +1,4 @@
-"""Reading and writing images, label maps and displacement fields (DESIGN.md "Files").
+"""Reading and writing images, label maps and displacement fields (docs/conventions.md).
 
 - :func:`load_image` reads anything nibabel reads, reorients it to the closest canonical (RAS)
   orientation (``nibabel.as_closest_canonical``'s axis permutation and flips) and checks it; the

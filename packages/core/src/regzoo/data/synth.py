@@ -1,4 +1,4 @@
-"""SynthMorph's generator of label maps and images (METHODS.md B15).
+"""SynthMorph's generator of label maps and images.
 
 Hoffmann, Billot, Greve, Iglesias, Fischl, Dalca, "SynthMorph: learning contrast-invariant
 registration without acquired images", IEEE TMI 41(3), 2022 (official script

@@ -1,4 +1,4 @@
-"""Local normalised cross-correlation (LNCC), VoxelMorph form (METHODS.md B7).
+"""Local normalised cross-correlation (LNCC), VoxelMorph form.
 
 For every voxel x the window sums over a cube of ``window`` voxels per axis (zero padding
 ``window // 2``, ``n = window ** ndim`` voxels counted everywhere, as in VoxelMorph) give::

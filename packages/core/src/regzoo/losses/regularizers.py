@@ -1,4 +1,4 @@
-"""Field regularisers (METHODS.md B9): ``grad`` (diffusion), ``bending`` and the ``kl-prior``.
+"""Field regularisers: ``grad`` (diffusion), ``bending`` and the ``kl-prior``.
 
 ``grad`` and ``bending`` are called as ``loss(field)`` on a displacement or velocity field
 ``(B, ndim, *spatial)`` in voxel units; ``kl-prior`` as ``loss(mean, log_sigma)``. All return a

@@ -1,4 +1,4 @@
-"""Label losses (METHODS.md B8): soft ``dice`` and ``ce`` (cross-entropy).
+"""Label losses: soft ``dice`` and ``ce`` (cross-entropy).
 
 Called as ``loss(pred, target)`` with ``pred`` probabilities ``(B, K, *spatial)`` (e.g. the one-hot
 moving labels warped linearly, or a segmentation network's softmax) and ``target`` one-hot or

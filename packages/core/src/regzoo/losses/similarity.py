@@ -1,4 +1,4 @@
-"""Global image similarity losses (METHODS.md B7): ``ncc`` (1 - Pearson r), ``mse`` and ``mi``.
+"""Global image similarity losses: ``ncc`` (1 - Pearson r), ``mse`` and ``mi``.
 
 Each is called as ``loss(pred, target)`` on images ``(B, C, *spatial)`` and returns a scalar to
 minimise, averaged over the batch. The windowed LNCC lives in :mod:`regzoo.losses.lncc`.

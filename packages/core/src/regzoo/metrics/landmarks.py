@@ -1,4 +1,4 @@
-"""Target registration error of corresponding landmarks (METHODS.md B10, Learn2Reg's TRE)."""
+"""Target registration error of corresponding landmarks (Learn2Reg's TRE)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Label overlap: Dice per label and its mean (METHODS.md B10, Learn2Reg's DSC)."""
+"""Label overlap: Dice per label and its mean (Learn2Reg's DSC)."""
 
 from __future__ import annotations
 

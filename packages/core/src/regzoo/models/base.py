@@ -1,6 +1,6 @@
 """The base class of every registered model.
 
-A model maps a batch (DESIGN.md: ``moving``, ``fixed`` and optionally ``moving_label``,
+A model maps a batch (docs/conventions.md: ``moving``, ``fixed`` and optionally ``moving_label``,
 ``fixed_label``, landmarks, ``labelled``, ``spacing``) to a :class:`RegistrationOutput`, and says
 how it is trained:
 

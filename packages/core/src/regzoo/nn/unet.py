@@ -1,7 +1,7 @@
 """The VoxelMorph U-Net (Balakrishnan et al., IEEE TMI 38(8):1788-1800, 2019).
 
 The layout is that of the official PyTorch ``voxelmorph`` ``Unet`` (the TensorFlow/paper version
-downsamples with stride-2 convolutions instead; METHODS.md R1 picks the PyTorch one):
+downsamples with stride-2 convolutions instead; regzoo follows the PyTorch one):
 
 - encoder: per level ``nb_conv_per_level`` 3x3(x3) convolutions + LeakyReLU(0.2) at stride 1,
   the output kept for the skip connection, then 2x max pooling;

@@ -1,4 +1,4 @@
-"""Spatial transforms (METHODS.md B1-B6): warping, integration, composition, affine, B-spline.
+"""Spatial transforms: warping, integration, composition, affine, B-spline.
 
 Fields are ``(B, ndim, *spatial)`` displacements in voxel units; ``warped[x] = moving[x + ddf[x]]``.
 """

@@ -1,4 +1,4 @@
-"""Affine transforms as ``(B, ndim, ndim + 1)`` matrices on centred voxel coordinates (METHODS.md B5).
+"""Affine transforms as ``(B, ndim, ndim + 1)`` matrices on centred voxel coordinates.
 
 A point ``p`` (voxel indices) is centred as ``x = p - c`` with ``c = (size - 1) / 2``; the affine
 maps it to ``A x + b``. The dense displacement is ``(A - I) x + b`` (RCN's convention). Converters

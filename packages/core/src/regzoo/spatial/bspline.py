@@ -1,4 +1,4 @@
-"""Cubic B-spline free-form deformations from control points (METHODS.md B6; Rueckert et al. 1999).
+"""Cubic B-spline free-form deformations from control points (Rueckert et al. 1999).
 
 The cubic kernel is a box of width ``spacing`` convolved with itself three times; the dense field is
 the transposed convolution of the control-point displacements with it (stride ``spacing``, one group

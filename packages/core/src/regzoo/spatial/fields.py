@@ -1,6 +1,6 @@
 """Operations on displacement fields: integration, composition, resizing, inversion, Jacobian.
 
-All fields are ``(B, ndim, *spatial)`` in voxel units (METHODS.md B2-B4, DESIGN.md conventions).
+All fields are ``(B, ndim, *spatial)`` in voxel units (docs/conventions.md).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """The field that applies ``first`` and then ``second`` to the already-warped image.
 
     ``warp(warp(m, first), second) ~= warp(m, compose(first, second))`` with
-    ``compose = second + warp(first, second)`` (METHODS.md B4; RCN aggregates cascades this way).
+    ``compose = second + warp(first, second)`` (RCN aggregates cascades this way).
     """
     return second + warp(first, second)
 

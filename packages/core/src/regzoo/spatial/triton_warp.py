@@ -1,4 +1,4 @@
-"""Fused Triton warp kernel for CUDA tensors (DESIGN.md "Performance", METHODS.md B1).
+"""Fused Triton warp kernel for CUDA tensors (docs/conventions.md).
 
 ``warped[b, c, p] = image[b, c, p + ddf[b, :, p]]`` with ``ddf`` in voxel units, bilinear
 (trilinear in 3D) or nearest interpolation, ``zeros`` or ``border`` padding, forward and backward,

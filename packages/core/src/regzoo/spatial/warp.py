@@ -1,4 +1,4 @@
-"""Warping images and label maps with a dense displacement field (METHODS.md B1).
+"""Warping images and label maps with a dense displacement field.
 
 ``warped[x] = moving[x + ddf[x]]`` with ``ddf`` in voxel units, channel i along spatial axis i, voxel
 centres at integer indices (``align_corners=True``). On CPU (and wherever Triton is not usable) the

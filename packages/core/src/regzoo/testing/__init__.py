@@ -1,4 +1,4 @@
-"""The conformance suite every registered model passes (DESIGN.md "The registry").
+"""The conformance suite every registered model passes (docs/conventions.md).
 
 For a model name and a dimensionality it claims (``2d``/``3d`` tags), :func:`check_model`:
 

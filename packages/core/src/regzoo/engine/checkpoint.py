@@ -8,8 +8,6 @@ torch and every installed plugin) and ``metrics`` when validated.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..atomic import atomic_path
 from ..errors import DataError
 from ..registry import create_model, plugins
 
@@ -43,18 +42,8 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
 
     A reader (or a killed process) never sees a partial file at ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(dict(payload), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        torch.save(dict(payload), fh)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ..atomic import atomic_path, write_json
 
 __all__ = ["write_report"]
 
@@ -15,11 +16,11 @@ def write_report(result: Mapping[str, Any], out_dir: str | Path) -> Path:
     """Write an :func:`regzoo.engine.evaluate` result into ``out_dir``; returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+    write_json(out / "metrics.json", result)
     cases = list(result.get("cases", []))
     if cases:
         fields = list(dict.fromkeys(k for c in cases for k in c))
-        with (out / "cases.csv").open("w", newline="") as fh:
+        with atomic_path(out / "cases.csv") as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows(cases)

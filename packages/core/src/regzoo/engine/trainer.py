@@ -24,6 +24,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset, default_collate
 
+from ..atomic import remove_stale
 from ..errors import ConfigError, NonFiniteLossError, UserError
 from ..registry import build, create_model
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, versions
@@ -240,8 +241,7 @@ class Trainer:
             self.resume()
         if self.runtime.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.out_dir.glob(".*.pt.*.tmp"):  # left by a process killed mid-write
-                stale.unlink()
+            remove_stale(self.out_dir)
             OmegaConf.save(self.cfg, self.out_dir / "config.yaml")
             log = CsvLog(self.out_dir / "log.csv", self.step if resume else None)
         total = int(t.steps)

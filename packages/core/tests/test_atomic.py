@@ -37,3 +37,10 @@ def test_remove_stale_only_removes_temporaries(tmp_path):
     (tmp_path / "last.pt").write_text("keep")
     atomic.remove_stale(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_written_file_has_the_usual_permissions(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic.write_text(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode == plain.stat().st_mode

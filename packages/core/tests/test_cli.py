@@ -37,7 +37,7 @@ def test_list_shows_models_with_summaries():
 
 
 def test_info_json_has_parameter_counts():
-    res = regzoo("info", "voxelmorph", "--json")
+    res = regzoo("info", "voxelmorph", "--params", "--json")
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
     assert info["parameters"] == {"2d": 109_170, "3d": 327_331}

@@ -134,6 +134,7 @@ class PluginStatus:
     entries: list[str] = field(default_factory=list)
     error: str | None = None
     traceback: str | None = None
+    rejected: list[str] = field(default_factory=list)
 
 
 def _config_from_signature(builder: Callable[..., Any], name: str) -> type:
@@ -195,9 +196,12 @@ class Registry:
         def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
             old = self._entries.get(name)
             if old is not None and _qualname(old.builder) != _qualname(builder):
-                raise ValueError(
-                    f"{self.kind} {name!r} is already registered by {_qualname(old.builder)}"
-                )
+                taken = f"{self.kind} {name!r} is already registered by {old.plugin}"
+                if _loading.status is None:
+                    raise ValueError(f"{taken} ({_qualname(old.builder)})")
+                # A plugin's clash fails that entry alone: its other entries stay usable.
+                _loading.status.rejected.append(f"{taken}; this plugin's one is ignored")
+                return builder
             self._entries[name] = Entry(
                 kind=self.kind,
                 name=name,
@@ -226,6 +230,13 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
+            broken = _failed_provider(self.kind, name)
+            if broken is not None:
+                raise UnknownNameError(
+                    f"{self.kind} {name!r} comes from plugin {broken.name!r} "
+                    f"({broken.distribution} {broken.version}), which failed to load: "
+                    f"{broken.error}"
+                ) from None
             close = difflib.get_close_matches(name, list(self._entries), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             known = ", ".join(sorted(self._entries)) or "none"
@@ -340,6 +351,17 @@ def _claim_early_entries(package: str, status: PluginStatus) -> None:
             if entry.plugin == "regzoo" and (module == package or module.startswith(package + ".")):
                 registry._entries[name] = dataclasses.replace(entry, plugin=status.distribution)
                 status.entries.append(f"{entry.kind}:{name}")
+
+
+def _failed_provider(kind: str, name: str) -> PluginStatus | None:
+    """The plugin that failed to load although its manifest declares ``kind:name``."""
+    failed = [p for p in _PLUGINS.values() if p.error]
+    if not failed:
+        return None
+    from .catalog import load_catalog
+
+    provider = load_catalog().provider(kind, name)
+    return next((p for p in failed if provider is not None and p.name == provider.name), None)
 
 
 def get_registry(kind: str) -> Registry:

@@ -13,7 +13,7 @@ import typer
 from omegaconf import OmegaConf
 
 from ..errors import ConfigError, UserError
-from ..registry import KINDS, get_entry, list_entries, plugins
+from ..registry import KINDS, get_entry, plugins
 
 app = typer.Typer(
     name="regzoo",
@@ -37,6 +37,16 @@ def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def _catalog():
+    """The installed entries from manifests; each problem reading them is one stderr line."""
+    from ..catalog import load_catalog
+
+    catalog = load_catalog()
+    for problem in catalog.problems:
+        typer.echo(f"regzoo: warning: {problem}", err=True)
+    return catalog
+
+
 @app.command("list")
 def list_command(
     pattern: Annotated[str, typer.Argument(help="Glob pattern, e.g. 'transmorph*'.")] = "*",
@@ -45,79 +55,127 @@ def list_command(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List registered models (or parts of another kind) with their summaries."""
+    """List registered models (or parts of another kind) with their summaries.
+
+    Read from the installed manifests: neither the plugins nor torch are imported.
+    """
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"--kind: unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
-    names = list_entries(pattern, kind or ("model" if not as_json else None))
+    catalog = _catalog()
+    kinds = [kind] if kind else (list(KINDS) if as_json else ["model"])
+    names = {k: catalog.names(k, pattern) for k in kinds}
     if as_json:
-        _echo_json({k: {n: get_entry(k, n).to_dict() for n in v} for k, v in names.items()})
+        _echo_json({k: {n: catalog.get(k, n).to_dict() for n in v} for k, v in names.items()})
         return
     for k, entries in names.items():
         if not entries:
             continue
-        if kind is None and k != "model":
-            continue
         width = max(len(n) for n in entries)
         for n in entries:
-            e = get_entry(k, n)
+            e = catalog.get(k, n)
             tags = f"  [{', '.join(e.tags)}]" if e.tags else ""
             typer.echo(f"{n:<{width}}  {e.summary}{tags}")
 
 
-def _parameter_counts(name: str) -> dict[str, int]:
+def _parameter_counts(name: str, dims: tuple[int, ...], has_ndim: bool) -> dict[str, int]:
     from ..registry import create_model
 
-    entry = get_entry("model", name)
-    has_ndim = "ndim" in entry.default_config()
     counts = {}
-    for d in entry.dims or (None,):
+    for d in dims or (None,):
         model = create_model(name, ndim=d) if has_ndim and d else create_model(name)
         counts[f"{d}d" if d else "default"] = sum(p.numel() for p in model.parameters())
     return counts
+
+
+def _check_importable(catalog: Any, kind: str, name: str) -> None:
+    """Import the plugin that provides ``kind:name`` (not torch); its failure is a user error."""
+    import importlib
+
+    provider = catalog.provider(kind, name)
+    if provider is None:
+        return
+    try:
+        importlib.import_module(provider.module.split(":")[0])
+    except Exception as err:  # the plugin's fault, reported in one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(
+            f"{kind} {name!r} comes from plugin {provider.name!r} ({provider.distribution} "
+            f"{provider.version}), which fails to import: {type(err).__name__}: {first}"
+        ) from None
 
 
 @app.command("info")
 def info_command(
     name: Annotated[str, typer.Argument(help="Registered name.")],
     kind: Annotated[str, typer.Option("--kind", help="Kind of the entry.")] = "model",
+    params: Annotated[
+        bool, typer.Option("--params", help="Count parameters (builds the model: imports torch).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Summary, paper, tags, default config and (models) parameter counts of an entry."""
-    entry = get_entry(kind, name)
+    """Summary, paper, tags, presets and default config of an entry (``--params``: sizes)."""
+    if kind not in KINDS:
+        raise ConfigError(f"--kind: unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
+    catalog = _catalog()
+    entry = catalog.get(kind, name)
+    if entry is None:
+        get_entry(kind, name)  # the registry's error: close matches, or the plugin that failed
+        raise UserError(f"{kind} {name!r} is registered but missing from the manifests")
+    _check_importable(catalog, kind, name)
     info = entry.to_dict()
-    if kind == "model":
-        info["parameters"] = _parameter_counts(name)
+    if params and kind == "model":
+        info["parameters"] = _parameter_counts(name, entry.dims, "ndim" in entry.config)
     if as_json:
         _echo_json(info)
         return
     typer.echo(f"{entry.name} ({entry.kind}, from {entry.plugin})\n  {entry.summary}")
     if entry.paper:
-        typer.echo(f"  paper: {entry.paper}")
+        typer.echo(f"  paper: {entry.paper_text()}")
     if entry.tags:
         typer.echo(f"  tags: {', '.join(entry.tags)}")
-    if kind == "model":
+    if "parameters" in info:
         typer.echo(
             "  parameters: " + ", ".join(f"{k} {v:,}" for k, v in info["parameters"].items())
         )
     if entry.presets:
         typer.echo(f"  presets: {', '.join(entry.presets)}")
     typer.echo("  default config:")
-    for line in OmegaConf.to_yaml(entry.default_config()).splitlines():
+    for line in OmegaConf.to_yaml(OmegaConf.create(entry.config)).splitlines():
         typer.echo(f"    {line}")
 
 
 @app.command("plugins")
-def plugins_command(as_json: JsonOpt = False) -> None:
-    """Installed plugins, what each registered, and the error of any that failed to load."""
-    found = plugins()
+def plugins_command(
+    check: Annotated[
+        bool, typer.Option("--check", help="Import every plugin and report its errors.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Installed plugins and what each declares; ``--check`` imports them and reports errors."""
+    if check:
+        found = [
+            {
+                "name": p.name,
+                "module": p.module,
+                "distribution": p.distribution,
+                "version": p.version,
+                "entries": p.entries,
+                "problem": p.error or ("; ".join(p.rejected) if p.rejected else None),
+            }
+            for p in plugins()
+        ]
+    else:
+        found = [vars(p) for p in _catalog().plugins]
     if as_json:
-        _echo_json([{k: v for k, v in vars(p).items() if k != "traceback"} for p in found])
+        _echo_json(found)
         return
     if not found:
         typer.echo("no plugins installed")
     for p in found:
-        status = f"FAILED: {p.error}" if p.error else f"{len(p.entries)} entries"
-        typer.echo(f"{p.name}  {p.distribution} {p.version}  ({p.module})  {status}")
+        status = f"FAILED: {p['problem']}" if p["problem"] else f"{len(p['entries'])} entries"
+        typer.echo(f"{p['name']}  {p['distribution']} {p['version']}  ({p['module']})  {status}")
+    if check and any(p["problem"] for p in found):
+        raise typer.Exit(1)
 
 
 def _run_torchrun(nproc: int) -> int:

@@ -1,0 +1,57 @@
+"""Start-up of the listing commands: ``regzoo list`` and ``regzoo plugins`` beside ``--help``.
+
+Each round runs the command in a fresh interpreter, as a user's shell does; the listing commands
+read the installed manifests and import neither the plugins nor torch (goal: under 1 s on 2 cores).
+The peak memory recorded is the child's maximum resident set size.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = {
+    "regzoo --help": ["--help"],
+    "regzoo list": ["list"],
+    "regzoo plugins": ["plugins"],
+    "regzoo info": ["info", "voxelmorph"],
+}
+# Prints the child's peak RSS (KiB on Linux) when the CLI exits.
+RUNNER = (
+    "import atexit, resource, sys\n"
+    "atexit.register(lambda: print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
+    " file=sys.stderr))\n"
+    "from regzoo.cli import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+def _run(args: list[str]) -> int:
+    res = subprocess.run(
+        [sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    return int(res.stderr.rsplit("MAXRSS", 1)[1].split()[0]) * 1024
+
+
+@pytest.mark.parametrize("impl", list(COMMANDS))
+def test_cli_startup(benchmark, request, impl):
+    args = COMMANDS[impl]
+    peak = _run(args)  # warm the file cache; also the peak memory of one run
+    benchmark.group = "cli start-up [cpu]"
+    benchmark.extra_info.update(
+        case="cli start-up",
+        impl=impl,
+        device="cpu",
+        device_name="cpu",
+        threads=1,
+        quick=bool(request.config.getoption("--bench-quick")),
+        load_average=round(os.getloadavg()[0], 2),
+        peak_bytes=peak,
+        **{"pass": "command"},
+    )
+    rounds = request.config.getoption("--bench-rounds")
+    benchmark.pedantic(lambda: _run(args), rounds=rounds, iterations=1, warmup_rounds=0)

@@ -71,6 +71,13 @@ def test_dice_equals_monai_dice_loss(shape, include_background):
         Dice(include_background, complement=True)(pred, target), ref, atol=1e-6, rtol=0
     )
     assert Dice()(target, target) == -1 + 0.25  # three perfect labels, one empty in both
+    # The squared denominator is MONAI's squared_pred (sum(y^2) + sum(p^2)).
+    monai = DiceLoss(
+        include_background=include_background, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-5
+    )
+    ours = Dice(include_background, squared=True)(pred, target)
+    torch.testing.assert_close(ours, monai(pred, target) - 1, atol=1e-6, rtol=0)
+    assert (ours - Dice(include_background)(pred, target)).abs() > 1e-3  # soft maps: they differ
 
 
 def test_cross_entropy_equals_torch():

@@ -158,6 +158,56 @@ def test_hd95_skips_labels_missing_from_either_map():
     assert math.isnan(regzoo.build("metric", "hd95")(warped_label=warped, fixed_label=empty).item())
 
 
+@pytest.mark.parametrize(
+    "shape,spacing",
+    [((40, 44), [(1.0, 1.0), (0.8, 2.5)]), ((18, 20, 22), [(1.0, 1.0, 1.0), (2.0, 0.7, 1.3)])],
+)
+def test_hd_and_asd_equal_surface_distance(shape, spacing):
+    fixed = torch.cat([label_map(shape, 30), label_map(shape, 31)])
+    warped = torch.cat([label_map(shape, 32), torch.roll(fixed[1:], shifts=2, dims=2)])
+    spacing_t = torch.tensor(spacing, dtype=torch.float64)
+    hd_values = regzoo.build("metric", "hd")(
+        warped_label=warped, fixed_label=fixed, spacing=spacing_t
+    )
+    asd_values = regzoo.build("metric", "asd")(
+        warped_label=warped, fixed_label=fixed, spacing=spacing_t
+    )
+    for b in range(2):
+        hd_ref, asd_ref = [], []
+        for label in (1, 2, 3):
+            dists = sd.compute_surface_distances(
+                (fixed[b, 0] == label).numpy(), (warped[b, 0] == label).numpy(), spacing[b]
+            )
+            hd_ref.append(sd.compute_robust_hausdorff(dists, 100))
+            asd_ref.append(np.mean(sd.compute_average_surface_distance(dists)))
+        assert hd_values[b].item() == pytest.approx(np.mean(hd_ref), rel=1e-12)
+        assert asd_values[b].item() == pytest.approx(np.mean(asd_ref), rel=1e-9)
+    assert (asd_values > 0).all() and (hd_values >= asd_values).all()
+
+
+def test_precision_and_recall_equal_a_direct_count():
+    g = torch.Generator().manual_seed(40)
+    warped = torch.randint(0, 4, (2, 1, 30, 34), generator=g)
+    fixed = torch.randint(0, 4, (2, 1, 30, 34), generator=g)
+    fixed[1][fixed[1] == 3] = 0  # label 3 absent from case 2's fixed map: recall has nothing
+    precision = regzoo.build("metric", "precision")(warped_label=warped, fixed_label=fixed)
+    recall = regzoo.build("metric", "recall")(warped_label=warped, fixed_label=fixed)
+    for b in range(2):
+        w, f = warped[b, 0].numpy(), fixed[b, 0].numpy()
+        p_ref, r_ref = [], []
+        for label in (1, 2, 3):
+            both = np.count_nonzero((w == label) & (f == label))
+            if np.count_nonzero(w == label):
+                p_ref.append(both / np.count_nonzero(w == label))
+            if np.count_nonzero(f == label):
+                r_ref.append(both / np.count_nonzero(f == label))
+        assert precision[b].item() == pytest.approx(np.mean(p_ref), rel=1e-12)
+        assert recall[b].item() == pytest.approx(np.mean(r_ref), rel=1e-12)
+    assert len(r_ref) == 2  # the absent label was left out of case 2's recall
+    perfect = regzoo.build("metric", "precision")(warped_label=fixed, fixed_label=fixed)
+    torch.testing.assert_close(perfect, torch.ones(2, dtype=torch.float64))
+
+
 # --- Jacobian metrics ------------------------------------------------------------------------------
 
 

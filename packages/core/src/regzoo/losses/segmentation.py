@@ -37,21 +37,28 @@ class Dice(nn.Module):
     ``dice[b, k] = 2 sum(y p) / max(sum(y + p), eps)`` over the voxels of sample b and channel k;
     the loss is ``-mean(dice)`` over batch and channels, as VoxelMorph writes it (in [-1, 0]).
     ``complement=True`` returns ``1 - mean(dice)`` instead (SynthMorph, DDIR): the same gradient,
-    a value in [0, 1].
+    a value in [0, 1]. ``squared=True`` takes the denominator ``sum(y^2) + sum(p^2)`` (the V-Net
+    form; TransMorph's OASIS training uses it); for one-hot maps both forms are equal.
 
     Args:
         include_background: keep channel 0 in the mean (VoxelMorph averages every channel given).
         complement: report ``1 - dice`` rather than ``-dice``.
+        squared: square the maps in the denominator.
         eps: lower bound of the denominator (VoxelMorph: 1e-5); a channel empty in both maps
             counts as Dice 0.
     """
 
     def __init__(
-        self, include_background: bool = True, complement: bool = False, eps: float = 1e-5
+        self,
+        include_background: bool = True,
+        complement: bool = False,
+        squared: bool = False,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.include_background = include_background
         self.complement = complement
+        self.squared = squared
         self.eps = eps
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -61,7 +68,8 @@ class Dice(nn.Module):
             pred, target = pred[:, 1:], target[:, 1:]
         dims = tuple(range(2, pred.dim()))
         top = 2.0 * (pred * target).sum(dims)
-        bottom = (pred + target).sum(dims).clamp(min=self.eps)
+        bottom = (pred.square() + target.square()) if self.squared else (pred + target)
+        bottom = bottom.sum(dims).clamp(min=self.eps)
         dice = (top / bottom).mean()
         return 1.0 - dice if self.complement else -dice
 

@@ -5,8 +5,11 @@ Each registered metric is built from its config and called with keyword argument
 (taking what it needs), returning a float64 CPU tensor ``(B,)``:
 
 - ``dice``: mean Dice over the labels present (background excluded).
+- ``precision``, ``recall``: mean over labels of the warped label's fraction inside the fixed
+  one, and of the fixed label's fraction the warped one covers.
 - ``hd95``: 95th percentile Hausdorff distance of label surfaces in mm, mean over labels present
-  in both maps (equal to the ``surface-distance`` package the Learn2Reg scorer uses).
+  in both maps (equal to the ``surface-distance`` package the Learn2Reg scorer uses); ``hd``:
+  the same at the 100th percentile; ``asd``: average symmetric surface distance in mm.
 - ``sdlogj``: the scorer's ``std(log(clip(J + 3, 1e-9, 1e9)))`` over the interior;
   ``sdlogj-plain``: ``std(log(clip(J, 1e-9, 1e9)))``; ``folding``: fraction of J <= 0.
 - ``tre``: mean landmark error in mm.
@@ -26,20 +29,49 @@ from .jacobian import (
     sdlogj_plain,
 )
 from .landmarks import TRE, landmark_errors, sample_field, tre
-from .overlap import DiceMetric, dice_per_label, label_ids
+from .overlap import (
+    DiceMetric,
+    Precision,
+    Recall,
+    dice_per_label,
+    label_ids,
+    overlap_counts,
+    precision_per_label,
+    recall_per_label,
+)
 from .summary import summarize
-from .surface import HD95, hd95_per_label, robust_hausdorff, surfel_area_table
+from .surface import (
+    ASD,
+    HD95,
+    average_surface_distance,
+    hd,
+    hd95_per_label,
+    robust_hausdorff,
+    surface_distance_per_label,
+    surface_distances,
+    surfel_area_table,
+)
 
 __all__ = [
     "Metric",
     "as_label_map",
     "label_ids",
+    "overlap_counts",
     "dice_per_label",
+    "precision_per_label",
+    "recall_per_label",
     "DiceMetric",
+    "Precision",
+    "Recall",
+    "surface_distances",
+    "surface_distance_per_label",
     "hd95_per_label",
     "robust_hausdorff",
+    "average_surface_distance",
     "surfel_area_table",
     "HD95",
+    "ASD",
+    "hd",
     "interior_jacobian",
     "sdlogj",
     "sdlogj_plain",

@@ -1,4 +1,4 @@
-"""Robust Hausdorff distance (HD95) between label surfaces, in mm, as Learn2Reg scores it.
+"""Surface distances between labels, in mm: HD95 as Learn2Reg scores it, HD and ASD.
 
 The Learn2Reg scorer calls DeepMind's ``surface-distance`` package
 (``compute_robust_hausdorff(compute_surface_distances(fixed == l, warped == l, spacing), 95)``);
@@ -10,7 +10,10 @@ this module computes the same numbers with numpy and scipy alone:
 - Distances from one mask's surface points to the other's are Euclidean distance transforms on
   that corner grid with ``sampling=spacing``.
 - Each direction's 95th percentile is *area-weighted*: the smallest distance at which the sorted
-  cumulative area reaches 95%; HD95 is the larger of the two directions.
+  cumulative area reaches 95%; HD95 is the larger of the two directions. ``hd`` is the same at
+  the 100th percentile (the largest distance), ``asd`` the mean of the two directions'
+  area-weighted average distances (``surface-distance``'s ``compute_average_surface_distance``
+  gives the two directed averages).
 
 The area of every cell configuration is computed here from its geometry: vertices at the edge
 midpoints, the corners of the smaller side (inside or outside) kept apart on faces with two
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -36,7 +39,17 @@ from ..registry import register_metric
 from .base import LEARN2REG_2023, Metric, as_label_map, nanmean_rows, spacing_of
 from .overlap import label_ids
 
-__all__ = ["hd95_per_label", "robust_hausdorff", "surfel_area_table", "HD95"]
+__all__ = [
+    "surface_distances",
+    "robust_hausdorff",
+    "average_surface_distance",
+    "surface_distance_per_label",
+    "hd95_per_label",
+    "surfel_area_table",
+    "HD95",
+    "ASD",
+    "hd",
+]
 
 Corner = tuple[int, ...]
 
@@ -163,16 +176,22 @@ def _weighted_percentile(distances: np.ndarray, areas: np.ndarray, percent: floa
     return float(distances[min(index, len(distances) - 1)])
 
 
-def robust_hausdorff(
-    mask_a: np.ndarray, mask_b: np.ndarray, spacing: Sequence[float], percent: float = 95.0
-) -> float:
-    """Area-weighted ``percent``-th percentile symmetric surface distance of two masks, in mm.
+def surface_distances(
+    mask_a: np.ndarray, mask_b: np.ndarray, spacing: Sequence[float]
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Directed surface distances of two masks with the area each surface point carries.
 
-    Both masks must be non-empty boolean arrays of the same 2D or 3D shape.
+    Args:
+        mask_a, mask_b: non-empty boolean arrays of the same 2D or 3D shape.
+        spacing: voxel size in mm per axis.
+
+    Returns:
+        ``((a_to_b, area_a), (b_to_a, area_b))``: for every surface point of one mask its distance
+        in mm to the other mask's surface, and its surface area (mm^2; length in mm in 2D).
     """
     mask_a, mask_b = np.asarray(mask_a, bool), np.asarray(mask_b, bool)
     if not (mask_a.any() and mask_b.any()):
-        raise ValueError("robust_hausdorff needs two non-empty masks")
+        raise ValueError("surface distances need two non-empty masks")
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask_a | mask_b))
     spacing = tuple(float(v) for v in spacing)
     table = _area_table(spacing)
@@ -180,25 +199,50 @@ def robust_hausdorff(
     codes = [_corner_codes(m[box]) for m in (mask_a, mask_b)]
     borders = [(c != 0) & (c != full) for c in codes]
     dist_to = [ndimage.distance_transform_edt(~b, sampling=spacing) for b in borders]
-    a_to_b = _weighted_percentile(dist_to[1][borders[0]], table[codes[0][borders[0]]], percent)
-    b_to_a = _weighted_percentile(dist_to[0][borders[1]], table[codes[1][borders[1]]], percent)
-    return max(a_to_b, b_to_a)
+    return (
+        (dist_to[1][borders[0]], table[codes[0][borders[0]]]),
+        (dist_to[0][borders[1]], table[codes[1][borders[1]]]),
+    )
 
 
-def hd95_per_label(
+def robust_hausdorff(
+    mask_a: np.ndarray, mask_b: np.ndarray, spacing: Sequence[float], percent: float = 95.0
+) -> float:
+    """Area-weighted ``percent``-th percentile symmetric surface distance of two masks, in mm.
+
+    Both masks must be non-empty boolean arrays of the same 2D or 3D shape; ``percent=100`` is
+    the Hausdorff distance.
+    """
+    directed = surface_distances(mask_a, mask_b, spacing)
+    return max(_weighted_percentile(d, area, percent) for d, area in directed)
+
+
+def average_surface_distance(
+    mask_a: np.ndarray, mask_b: np.ndarray, spacing: Sequence[float]
+) -> float:
+    """Average symmetric surface distance in mm: the mean of the two area-weighted directed means.
+
+    Both masks must be non-empty boolean arrays of the same 2D or 3D shape.
+    """
+    directed = surface_distances(mask_a, mask_b, spacing)
+    return float(np.mean([np.sum(d * area) / np.sum(area) for d, area in directed]))
+
+
+def surface_distance_per_label(
     pred: torch.Tensor,
     target: torch.Tensor,
+    distance: Callable[[np.ndarray, np.ndarray, list[float]], float],
     spacing: torch.Tensor | Sequence[float] | None = None,
     labels: Sequence[int] | None = None,
-    percent: float = 95.0,
 ) -> torch.Tensor:
-    """HD95 in mm of every label, per case: ``(B, L)`` float64.
+    """A surface distance (mm) of every label, per case: ``(B, L)`` float64.
 
     Args:
         pred, target: integer label maps ``(B, 1, *spatial)`` (one-hot maps are arg-maxed).
+        distance: ``distance(target_mask, pred_mask, spacing)`` of two non-empty masks, e.g.
+            :func:`robust_hausdorff` or :func:`average_surface_distance`.
         spacing: voxel size in mm, ``(B, ndim)`` or ``(ndim,)``; ``None`` for 1 mm.
         labels: labels to score; by default every non-zero label present in either map.
-        percent: the percentile (95).
 
     Returns:
         ``(B, L)``; NaN where a label is absent from either map of a case (as the Learn2Reg
@@ -217,8 +261,27 @@ def hd95_per_label(
         for j, label in enumerate(labels):
             in_p, in_t = p[b] == label, t[b] == label
             if in_p.any() and in_t.any():
-                out[b, j] = robust_hausdorff(in_t, in_p, sp[b].tolist(), percent)
+                out[b, j] = distance(in_t, in_p, sp[b].tolist())
     return out
+
+
+def hd95_per_label(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    spacing: torch.Tensor | Sequence[float] | None = None,
+    labels: Sequence[int] | None = None,
+    percent: float = 95.0,
+) -> torch.Tensor:
+    """HD95 (or another ``percent``) in mm of every label, per case: ``(B, L)`` float64.
+
+    See :func:`surface_distance_per_label` for the arguments; NaN where a label is absent from
+    either map of a case.
+    """
+
+    def hausdorff(a: np.ndarray, b: np.ndarray, sp: list[float]) -> float:
+        return robust_hausdorff(a, b, sp, percent)
+
+    return surface_distance_per_label(pred, target, hausdorff, spacing, labels)
 
 
 @register_metric(
@@ -252,4 +315,53 @@ class HD95(Metric):
         **_: Any,
     ) -> torch.Tensor:
         values = hd95_per_label(warped_label, fixed_label, spacing, self.labels, self.percent)
+        return nanmean_rows(values)
+
+
+@register_metric(
+    "hd",
+    summary="Hausdorff distance of label surfaces in mm (hd95 at the 100th percentile).",
+    paper=LEARN2REG_2023,
+    tags=("2d", "3d", "labels"),
+)
+def hd(labels: list[int] | None = None) -> HD95:
+    """The Hausdorff distance: :class:`HD95` with ``percent=100`` (the largest surface distance).
+
+    Args:
+        labels: labels to score (null: every non-zero label present).
+    """
+    return HD95(labels, percent=100.0)
+
+
+@register_metric(
+    "asd",
+    summary="Average symmetric surface distance of label surfaces in mm, mean over labels.",
+    paper=LEARN2REG_2023,
+    tags=("2d", "3d", "labels"),
+)
+class ASD(Metric):
+    """Mean over labels of :func:`average_surface_distance` (labels missing from either map left out).
+
+    Args:
+        labels: labels to score (null: every non-zero label present).
+    """
+
+    requires = ("warped_label", "fixed_label")
+    unit = "mm"
+    higher_is_better = False
+
+    def __init__(self, labels: list[int] | None = None) -> None:
+        self.labels = labels
+
+    def compute(
+        self,
+        *,
+        warped_label: torch.Tensor,
+        fixed_label: torch.Tensor,
+        spacing: torch.Tensor | None = None,
+        **_: Any,
+    ) -> torch.Tensor:
+        values = surface_distance_per_label(
+            warped_label, fixed_label, average_surface_distance, spacing, self.labels
+        )
         return nanmean_rows(values)

@@ -86,12 +86,6 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
 
 
-def test_resume_without_checkpoint_is_a_user_error(tmp_path):
-    res = _regzoo("train", "voxelmorph", "--resume", "--out", str(tmp_path / "nothing"))
-    assert res.returncode == 2
-    assert "last.pt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-
-
 @pytest.mark.slow
 def test_torchrun_two_ranks_equal_single_process_on_combined_batch(tmp_path):
     common = [

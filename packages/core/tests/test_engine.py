@@ -13,7 +13,7 @@ from torch import nn
 
 from regzoo.config import resolve_config
 from regzoo.engine import Trainer, load_checkpoint, save_checkpoint, train
-from regzoo.errors import ConfigError, NonFiniteLossError
+from regzoo.errors import ConfigError, NonFiniteLossError, UserError
 from regzoo.models import RegistrationModel, RegistrationOutput
 from regzoo.registry import register_dataset, register_model
 from regzoo.spatial import warp
@@ -154,7 +154,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="last.pt: cannot write the checkpoint"):
         save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1

@@ -9,7 +9,9 @@ Layers, later wins (docs/conventions.md):
 
 The ``model`` and ``data`` sections are then merged onto the registered entry's default config, so
 an unknown key or a wrong type is an error that names the key. ``model.ndim`` follows
-``data.ndim`` unless it is set explicitly.
+``data.ndim`` unless it is set explicitly. Numeric settings out of range (:func:`check_ranges`)
+are errors too, before any work. YAML (files and override values) is parsed as plain data with a
+size and an alias-expansion limit (:func:`load_yaml_text`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 from .registry import get_entry, get_registry
 
-__all__ = ["TrainConfig", "EvalConfig", "resolve_config", "parse_overrides", "DEFAULT_PRESET"]
+__all__ = [
+    "TrainConfig",
+    "EvalConfig",
+    "resolve_config",
+    "parse_overrides",
+    "load_yaml_text",
+    "check_ranges",
+    "DEFAULT_PRESET",
+]
 
 DEFAULT_PRESET = "quick"
 
@@ -76,10 +86,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(
                 f"malformed override {item!r}: expected key=value, e.g. train.steps=200"
             )
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"malformed value in override {item!r}") from None
+        parsed = load_yaml_text(value, f"override {key}") if value.strip() else None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -90,17 +97,118 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+#: Largest config text read (bytes) and most values its aliases may expand to: a config is a few
+#: hundred values, and nested aliases ("billion laughs") would otherwise expand exponentially when
+#: the config is merged.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, what: str) -> int:
+    """Values ``node`` stands for with every alias expanded, counted without expanding them."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError(f"{what}: a YAML alias refers to itself")
+        open_nodes.add(key)
+        if isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in n.value)
+        else:
+            total = 1
+        open_nodes.discard(key)
+        sizes[key] = total
+        if total > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{what}: YAML aliases expand to over {MAX_YAML_VALUES:,} values; write the "
+                "values out instead of nesting aliases"
+            )
+        return total
+
+    return size(node)
+
+
+def load_yaml_text(text: str, what: str) -> Any:
+    """Parse YAML ``text`` safely (plain data only) with limits; ``what`` names it in errors.
+
+    Text over :data:`MAX_YAML_BYTES`, aliases expanding to over :data:`MAX_YAML_VALUES` values
+    (a "billion laughs" document) and nesting too deep for the parser are one-line errors, raised
+    before anything is expanded.
+    """
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
+        raise ConfigError(f"{what}: over {MAX_YAML_BYTES // 1024} KiB, too large for a config")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, what)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{what}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def _load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: over {MAX_YAML_BYTES // 1024} KiB, too large for a config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read as UTF-8 text ({type(err).__name__})") from None
+    data = load_yaml_text(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of sections")
     return data
+
+
+def _number(cfg: DictConfig, key: str) -> float | None:
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    return value
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Refuse numeric settings outside their range, one line naming the key, before any step.
+
+    Steps, batch size and intervals are counts (``train.val_every=0``: validate only at the end);
+    ``train.lr`` is positive; ``train.grad_clip`` and ``eval.max_pairs`` may be null (no limit).
+    NaN fails every check.
+    """
+    rules = [
+        ("train.steps", "> 0", lambda v: v > 0, False),
+        ("train.batch_size", ">= 1", lambda v: v >= 1, False),
+        ("train.lr", "> 0", lambda v: v > 0, False),
+        ("train.weight_decay", ">= 0", lambda v: v >= 0, False),
+        ("train.grad_clip", "> 0 or null", lambda v: v > 0, True),
+        ("train.log_every", ">= 1", lambda v: v >= 1, False),
+        ("train.ckpt_every", ">= 1", lambda v: v >= 1, False),
+        ("train.val_every", ">= 0 (0: only at the end)", lambda v: v >= 0, False),
+        ("train.val_pairs", ">= 1", lambda v: v >= 1, False),
+        ("eval.max_pairs", ">= 1 or null (all pairs)", lambda v: v >= 1, True),
+        ("data.ndim", "2 or 3", lambda v: v in (2, 3), True),
+    ]
+    for key, wanted, ok, optional in rules:
+        value = _number(cfg, key)
+        if value is None and optional:
+            continue
+        if value is None or not ok(value):
+            raise ConfigError(f"{key} must be {wanted}, got {value}")
 
 
 def _replace_renamed(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,4 +351,5 @@ def resolve_config(
     cfg.model = OmegaConf.merge({"name": name}, OmegaConf.to_container(model_cfg, resolve=True))
     cfg.data = OmegaConf.merge({"name": data_name}, OmegaConf.to_container(data_cfg, resolve=True))
     cfg.data.pop("split", None)
+    check_ranges(cfg)
     return cfg

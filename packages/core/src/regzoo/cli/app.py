@@ -25,7 +25,9 @@ app = typer.Typer(
 )
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")]
+ThreadsOpt = Annotated[
+    Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (>= 1).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 Overrides = Annotated[
     Optional[list[str]],
@@ -212,6 +214,9 @@ def train_command(
         Optional[Path], typer.Option("--out", help="Run directory (default runs/NAME).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the run in --out (its files are removed).")
+    ] = False,
     weights: Annotated[
         Optional[Path], typer.Option("--weights", help="Initial weights file.")
     ] = None,
@@ -224,6 +229,7 @@ def train_command(
     from ..config import resolve_config
     from ..engine import train
     from ..engine.checkpoint import load_checkpoint
+    from ..engine.rundir import check_resumable
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_run_torchrun(nproc))
@@ -233,10 +239,11 @@ def train_command(
         items.append(f"train.weights={weights}")
     if resume:
         ckpt = load_checkpoint(out / "last.pt")
+        check_resumable(ckpt, out / "last.pt", name)
         cfg = resolve_config(name, config, items, base=ckpt["config"])
     else:
         cfg = resolve_config(name, config, items)
-    result = train(cfg, out, resume=resume, device=device, threads=threads)
+    result = train(cfg, out, resume=resume, device=device, threads=threads, force=force)
     if result.metrics is None:
         return
     if as_json:
@@ -286,7 +293,11 @@ def evaluate_command(
         typer.Option("--weights", help="Weights for a registered model name (e.g. official ones)."),
     ] = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Folder for metrics.json and cases.csv.")
+        Optional[Path],
+        typer.Option(
+            "--out",
+            help="Folder for metrics.json and cases.csv (a run directory: its evaluation/).",
+        ),
     ] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
@@ -296,10 +307,13 @@ def evaluate_command(
 
     A registered model name is evaluated with its default config and preset (``--weights`` loads
     weights into it, e.g. an official release), on ``--data`` or the preset's data.
+    ``--out`` naming a run directory writes into its ``evaluation/`` subfolder, never over the
+    run's own files.
     """
     from ..config import resolve_config
     from ..engine import build_dataset, evaluate, setup_runtime
-    from ..engine.checkpoint import load_checkpoint, load_weights
+    from ..engine.checkpoint import load_checkpoint, load_state, load_weights
+    from ..engine.rundir import make_folder, report_dir
     from ..engine.trainer import build_model
 
     items = list(overrides or []) + (_data_overrides(data) if data else [])
@@ -311,13 +325,15 @@ def evaluate_command(
     else:
         ckpt, cfg = None, resolve_config(model, None, items)
     runtime = setup_runtime(device, threads)
-    net = build_model(cfg)
+    net = build_model(cfg, model if ckpt is not None else None)
     if ckpt is not None:
-        net.load_state_dict(ckpt["state_dict"])
+        load_state(net, ckpt["state_dict"], model)
     if weights is not None:
         load_weights(net, weights)
     net.to(runtime.device)
     dataset = build_dataset(cfg, cfg.eval.split)
+    if out is not None:
+        out = make_folder(report_dir(out))
     overview = out / "overview.png" if out is not None and cfg.eval.overview else None
     res = evaluate(
         net,
@@ -336,3 +352,5 @@ def evaluate_command(
         _echo_json({k: res[k] for k in ("summary", "identity", "spread", "cases")})
         return
     _print_summary(res, f"{len(res['cases'])} pairs")
+    if out is not None:
+        typer.echo(f"report: {out}")

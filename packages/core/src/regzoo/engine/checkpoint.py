@@ -4,11 +4,16 @@ A checkpoint is a plain dict loadable with ``torch.load(..., weights_only=True)`
 ``model`` (registered name), ``config`` (the resolved run config), ``state_dict``, ``step``,
 ``optim`` (optimiser/scheduler/scaler states), ``rng`` (torch RNG states), ``versions`` (regzoo,
 torch and every installed plugin) and ``metrics`` when validated.
+
+Loading refuses what would only give garbage later: a file that is not a checkpoint, weights that
+hold NaN or Inf (a diverged run), weights that do not fit the model, and a model config that
+cannot be built; each is one line naming the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import atomic_path
-from ..errors import DataError
-from ..registry import create_model, plugins
+from ..errors import DataError, UserError
+from ..registry import plugins
 
 __all__ = [
     "save_checkpoint",
@@ -25,6 +30,7 @@ __all__ = [
     "versions",
     "model_from_checkpoint",
     "load_weights",
+    "load_state",
 ]
 
 
@@ -40,10 +46,31 @@ def versions() -> dict[str, str]:
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, then rename.
 
-    A reader (or a killed process) never sees a partial file at ``path``.
+    A reader (or a killed process) never sees a partial file at ``path``; a failed write (a full
+    disk) is one line naming ``path`` and leaves the previous file in place.
     """
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        torch.save(dict(payload), fh)
+    try:
+        with atomic_path(path) as tmp, tmp.open("wb") as fh:
+            torch.save(dict(payload), fh)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UserError(f"{path}: cannot write the checkpoint ({reason})") from None
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when the message is empty)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_finite(state: Mapping[str, Any], path: Path) -> None:
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            if not bool(torch.isfinite(value).all()):
+                raise DataError(
+                    f"{path}: weight {key!r} holds NaN or Inf values (the run that wrote it "
+                    "diverged: lower the learning rate, or use an earlier checkpoint)"
+                )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -57,7 +84,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict):
         raise DataError(f"{path}: not a checkpoint (expected a dict)")
+    state = ckpt.get("state_dict", ckpt)
+    if isinstance(state, Mapping):
+        _check_finite(state, path)
     return ckpt
+
+
+@contextlib.contextmanager
+def _fitting(path: str | Path) -> Iterator[None]:
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise DataError(f"{path}: weights do not fit the model ({first_line(err)})") from None
+
+
+def load_state(model: torch.nn.Module, state: Mapping[str, Any], path: str | Path) -> None:
+    """``model.load_state_dict(state, strict=True)``; weights that do not fit the model are one
+    line naming ``path`` (the file ``state`` was read from)."""
+    with _fitting(path):
+        model.load_state_dict(state, strict=True)
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -68,23 +113,20 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """
     ckpt = load_checkpoint(path)
     state = ckpt.get("state_dict", ckpt)
-    try:
-        if hasattr(model, "load_weights"):
-            model.load_weights(state)
-        else:
-            model.load_state_dict(state, strict=True)
-    except (RuntimeError, KeyError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{path}: weights do not fit the model ({first})") from None
+    if not hasattr(model, "load_weights"):
+        load_state(model, state, path)
+        return
+    with _fitting(path):
+        model.load_weights(state)
 
 
-def model_from_checkpoint(ckpt: Mapping[str, Any]) -> torch.nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights."""
+def model_from_checkpoint(
+    ckpt: Mapping[str, Any], path: str | Path = "checkpoint"
+) -> torch.nn.Module:
+    """Rebuild the model a checkpoint (read from ``path``) describes and load its weights."""
+    from .trainer import build_model
+
     cfg = ckpt["config"]
-    model_cfg = dict(
-        cfg["model"] if not isinstance(cfg, DictConfig) else OmegaConf.to_container(cfg.model)
-    )
-    name = model_cfg.pop("name")
-    model = create_model(name, **model_cfg)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    model = build_model(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg)), path)
+    load_state(model, ckpt["state_dict"], path)
     return model

@@ -5,6 +5,10 @@ linear on one-hot), then Dice, HD95 (mm), SDlogJ, the folded fraction and, with 
 The same metrics for the identity transform ("before") come alongside. Summaries follow Learn2Reg:
 mean, standard deviation, median and the 30th percentile per metric (for Dice, the robustness
 figure DSC30).
+
+A field or warped image holding NaN or Inf is an error naming the pair, never a result: metrics of
+such a field would look like a valid registration (no folding). A NaN *metric* keeps its meaning,
+"nothing to measure" (e.g. Dice of a label absent from both images).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..errors import DataError, UserError
 from ..metrics import summarize
 from ..models import RegistrationOutput
 from ..registry import build
 from ..spatial import warp_labels
 from .overview import render_overview
 
-__all__ = ["evaluate", "summarize_cases", "evaluate_case", "SUMMARY_KEYS"]
+__all__ = ["evaluate", "summarize_cases", "evaluate_case", "check_finite_output", "SUMMARY_KEYS"]
 
 SUMMARY_KEYS = ("dice", "hd95", "sdlogj", "folding", "runtime_s")
 
@@ -68,6 +73,22 @@ def evaluate_case(
     return out
 
 
+def check_finite_output(out: RegistrationOutput, pair: str) -> None:
+    """Refuse a model output whose ``ddf`` or ``warped`` holds NaN or Inf; ``pair`` names it."""
+    for name in ("ddf", "warped"):
+        value = getattr(out, name)
+        if value is not None and not bool(torch.isfinite(value).all()):
+            raise DataError(
+                f"{pair}: the model's {name} holds NaN or Inf values (check the input images and "
+                "their headers, the weights, the learning rate)"
+            )
+
+
+def _pair_name(batch: Mapping[str, Any], index: int) -> str:
+    paths = [batch[k][0] for k in ("moving_path", "fixed_path") if k in batch]
+    return f"pair {index}" + (f" ({' -> '.join(map(str, paths))})" if paths else "")
+
+
 def summarize_cases(cases: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Per metric: mean, std, median and 30th percentile over cases (:func:`regzoo.metrics.summarize`)."""
     cases = list(cases)
@@ -110,19 +131,23 @@ def evaluate(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             runtime = time.perf_counter() - start
+            check_finite_output(out, _pair_name(batch, i))
             after = evaluate_case(batch, out.ddf, built, label_warp, out)
             before = evaluate_case(batch, torch.zeros_like(out.ddf), built, label_warp)
             if i == 0 and overview is not None:
-                render_overview(
-                    batch["moving"][0],
-                    batch["fixed"][0],
-                    out.warped[0],
-                    out.ddf[0],
-                    overview,
-                    title=f"pair 0: Dice {float(after['dice'][0]):.3f}"
-                    if "dice" in after
-                    else "pair 0",
-                )
+                try:
+                    render_overview(
+                        batch["moving"][0],
+                        batch["fixed"][0],
+                        out.warped[0],
+                        out.ddf[0],
+                        overview,
+                        title=f"pair 0: Dice {float(after['dice'][0]):.3f}"
+                        if "dice" in after
+                        else "pair 0",
+                    )
+                except OSError as err:
+                    raise UserError(f"{overview}: cannot write ({err.strerror or err})") from None
             case: dict[str, Any] = {"pair": i}
             for key in ("moving_path", "fixed_path"):
                 if key in batch:
@@ -133,6 +158,8 @@ def evaluate(
             cases.append(case)
     finally:
         model.train(was_training)
+    if not cases:
+        raise DataError("no pairs to evaluate: the evaluation split is empty")
     after_cases = [
         {k: v for k, v in c.items() if k != "pair" and not k.startswith("before_")} for c in cases
     ]

@@ -51,9 +51,12 @@ def resolve_device(device: str | None) -> torch.device:
 def setup_runtime(device: str | None = "auto", threads: int | None = None) -> Runtime:
     """Pick the device and, under ``torchrun`` (``WORLD_SIZE`` > 1), join the process group.
 
-    gloo on CPU, nccl on CUDA; each rank takes ``cuda:LOCAL_RANK``.
+    gloo on CPU, nccl on CUDA; each rank takes ``cuda:LOCAL_RANK``. ``threads`` (torch's CPU
+    threads) must be at least 1; ``None`` keeps torch's default.
     """
-    if threads:
+    if threads is not None:
+        if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+            raise ConfigError(f"--threads must be a whole number >= 1, got {threads}")
         torch.set_num_threads(int(threads))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = resolve_device(device)

@@ -11,6 +11,7 @@ a resumed run continues exactly where an uninterrupted one would have gone.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import sys
 import time
@@ -24,23 +25,43 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset, default_collate
 
-from ..atomic import remove_stale
-from ..errors import ConfigError, NonFiniteLossError, UserError
+from ..atomic import atomic_path, write_text
+from ..errors import ConfigError, DataError, NonFiniteLossError, UserError
 from ..registry import build, create_model
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint, versions
+from .checkpoint import (
+    first_line,
+    load_checkpoint,
+    load_state,
+    load_weights,
+    save_checkpoint,
+    versions,
+)
 from .evaluate import evaluate
 from .optim import Optimizers, make_optimizer
 from .report import write_report
+from .rundir import check_resumable, claim_run_dir
 from .runtime import Runtime, autocast, seed_everything, setup_runtime
 
 __all__ = ["Trainer", "train", "build_model", "build_dataset", "TrainResult"]
 
 
-def build_model(cfg: DictConfig) -> torch.nn.Module:
-    """The model a resolved run config describes (``cfg.model``)."""
+def build_model(cfg: DictConfig, source: str | Path | None = None) -> torch.nn.Module:
+    """The model a resolved run config describes (``cfg.model``).
+
+    ``source`` names the file the config was read from (a checkpoint): a config that cannot be
+    built (negative widths, say) is then one line naming it rather than an internal error.
+    """
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     name = model_cfg.pop("name")
-    return create_model(name, **model_cfg)
+    try:
+        return create_model(name, **model_cfg)
+    except UserError:
+        raise
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as err:
+        where = f"{source}: its" if source is not None else "the"
+        raise (DataError if source is not None else ConfigError)(
+            f"{where} model config cannot be built ({type(err).__name__}: {first_line(err)})"
+        ) from None
 
 
 def build_dataset(cfg: DictConfig, split: str) -> Dataset:
@@ -79,29 +100,35 @@ class StepSampler:
 
 
 class CsvLog:
-    """``log.csv``: one row per logged step; the header grows when a new term appears."""
+    """``log.csv``: one row per logged step; the header grows when a new term appears.
+
+    Created at the first row. A resumed run drops the rows past its checkpoint's step. Whole
+    rewrites go through :mod:`regzoo.atomic`, so the file is never seen empty or half written.
+    """
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
         self.rows: list[dict[str, Any]] = []
         if resume_step is not None and path.is_file():
-            with path.open() as fh:
-                self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+            with path.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            self.rows = [r for r in rows if int(r["step"]) <= resume_step]
+            if len(self.rows) < len(rows):
+                self._rewrite(list(rows[0].keys()))
         self.fields: list[str] = list(self.rows[0].keys()) if self.rows else []
-        self._rewrite()
 
-    def _rewrite(self) -> None:
-        with self.path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.fields)
+    def _rewrite(self, fields: list[str]) -> None:
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows(self.rows)
 
     def append(self, row: Mapping[str, Any]) -> None:
         self.rows.append(dict(row))
         new = [k for k in row if k not in self.fields]
-        if new or not self.fields:
+        if new or not self.path.is_file():
             self.fields += new
-            self._rewrite()
+            self._rewrite(self.fields)
             return
         with self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
@@ -217,10 +244,14 @@ class Trainer:
             save_checkpoint(self.out_dir / name, self._payload(metrics))
 
     def resume(self) -> None:
-        """Continue from ``out_dir/last.pt``: weights, optimisers, step, RNG state."""
+        """Continue from ``out_dir/last.pt``: weights, optimisers, step, RNG state.
+
+        The checkpoint must be a run of the same model (:func:`check_resumable`) whose weights fit.
+        """
         path = self.out_dir / "last.pt"
         ckpt = load_checkpoint(path)
-        self.model.load_state_dict(ckpt["state_dict"])
+        check_resumable(ckpt, path, str(self.cfg.model.name))
+        load_state(self.model, ckpt["state_dict"], path)
         self.optim.load_state_dict(ckpt["optim"])
         self.step = int(ckpt["step"])
         self.best = ckpt.get("best")
@@ -229,20 +260,32 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
     # -- the loop -------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+    def fit(
+        self, resume: bool = False, stop_at: int | None = None, force: bool = False
+    ) -> TrainResult:
         """Train until ``train.steps``, then evaluate on held-out pairs (rank 0).
 
         ``stop_at`` ends the run earlier, after that many steps, as an interrupted run would: a
         checkpoint and no evaluation (``metrics`` is ``None``); ``resume`` continues it, on the
         same schedule. Branching experiments train to a step once and resume from there.
+
+        ``out_dir`` is owned (:func:`regzoo.engine.rundir.claim_run_dir`): a folder that holds a
+        run needs ``resume`` or ``force`` (replace it), and rank 0 holds its lock until the end.
         """
+        held = (
+            claim_run_dir(self.out_dir, resume, force)
+            if self.runtime.is_main
+            else contextlib.nullcontext()
+        )
+        with held:
+            return self._fit(resume, stop_at)
+
+    def _fit(self, resume: bool, stop_at: int | None) -> TrainResult:
         t = self.cfg.train
         if resume:
             self.resume()
         if self.runtime.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale(self.out_dir)
-            OmegaConf.save(self.cfg, self.out_dir / "config.yaml")
+            write_text(self.out_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
             log = CsvLog(self.out_dir / "log.csv", self.step if resume else None)
         total = int(t.steps)
         end = total if stop_at is None else min(int(stop_at), total)
@@ -389,8 +432,10 @@ def train(
     device: str = "auto",
     threads: int | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> TrainResult:
-    """Train a resolved config into ``out_dir`` (see :class:`Trainer`)."""
+    """Train a resolved config into ``out_dir`` (see :class:`Trainer`; ``force`` replaces a run
+    that ``out_dir`` holds, ``resume`` continues it)."""
     if resume and not (Path(out_dir) / "last.pt").is_file():
         raise UserError(f"--resume: no checkpoint to resume from in {out_dir} (last.pt missing)")
-    return Trainer(cfg, out_dir, device, threads, progress).fit(resume=resume)
+    return Trainer(cfg, out_dir, device, threads, progress).fit(resume=resume, force=force)

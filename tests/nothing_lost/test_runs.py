@@ -22,9 +22,9 @@ import torch
 from regzoo import atomic
 from regzoo.cli import main
 from regzoo.config import resolve_config
-from regzoo.engine import build_dataset, evaluate, save_checkpoint
+from regzoo.engine import build_dataset, evaluate, save_checkpoint, setup_runtime
 from regzoo.engine.rundir import LOCK_NAME
-from regzoo.errors import DataError
+from regzoo.errors import ConfigError, DataError
 from regzoo.models import RegistrationOutput
 
 TINY = [
@@ -226,6 +226,11 @@ def test_threads_below_one_is_one_line(capsys, first_run, tmp_path, command, thr
     assert len(err) == 1, err
     assert_one_line_error(code, err, "--threads")
     assert not (tmp_path / "o").exists()
+
+
+def test_threads_below_one_from_python_is_a_config_error():
+    with pytest.raises(ConfigError, match="--threads"):
+        setup_runtime("cpu", 0)
 
 
 @pytest.fixture

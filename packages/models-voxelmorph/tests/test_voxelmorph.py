@@ -1,14 +1,12 @@
 """VoxelMorph, VoxelMorph-1 and VoxelMorph-diff: what makes them those methods.
 
 Parameter counts are those of the official PyTorch ``VxmDense`` (voxelmorph 0.2, ``networks.py``)
-with the same features; when an official PyTorch VoxelMorph is importable the weights are also
-loaded into ours and the outputs compared.
+with the same features; files written by the official code and its outputs on them are compared in
+``test_official_fixture.py``.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 import subprocess
 import sys
 
@@ -72,46 +70,6 @@ def test_state_dict_names_follow_the_official_layout():
     assert names[-2:] == ["flow.weight", "flow.bias"]
     diff = regzoo.create_model("voxelmorph-diff", ndim=2).state_dict()
     assert diff["flow_logsigma.weight"].shape == (2, 16, 3, 3)
-
-
-def _official_vxm_dense():
-    """The official PyTorch ``VxmDense`` if an installed voxelmorph provides one (<= 0.2)."""
-    os.environ.setdefault("VXM_BACKEND", "pytorch")
-    try:
-        return importlib.import_module("voxelmorph.torch.networks").VxmDense
-    except Exception:  # not installed, the TF backend, or voxelmorph >= 0.3 (no VxmDense)
-        return None
-
-
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_official_weights_give_the_official_outputs(ndim):
-    VxmDense = _official_vxm_dense()
-    if VxmDense is None:
-        pytest.skip(
-            "no official PyTorch VxmDense importable (voxelmorph <= 0.2 with VXM_BACKEND=pytorch)"
-        )
-    size = (32, 48) if ndim == 2 else (32, 32, 48)
-    torch.manual_seed(0)
-    official = VxmDense(size, int_steps=0).eval()
-    with torch.no_grad():
-        official.flow.weight.normal_(0, 1e-2)  # a visible displacement
-    ours = regzoo.create_model("voxelmorph", ndim=ndim).eval()
-    ours.load_weights(official.state_dict())  # also drops the official grid buffers
-    moving, fixed = torch.rand(2, 1, *size), torch.rand(2, 1, *size)
-    with torch.no_grad():
-        warped, flow = official(moving, fixed, registration=True)
-        out = ours({"moving": moving, "fixed": fixed})
-    assert torch.allclose(out.ddf, flow, atol=1e-6)
-    assert torch.allclose(out.warped, warped, atol=1e-4)
-
-
-def test_load_weights_drops_the_official_grid_buffers():
-    model = regzoo.create_model("voxelmorph", ndim=2)
-    state = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
-    model.load_weights({**state, "transformer.grid": torch.zeros(1, 2, 8, 8)})
-    assert torch.equal(model.flow.weight, state["flow.weight"])
-    with pytest.raises(RuntimeError, match="flow.bias"):
-        model.load_weights({k: v for k, v in state.items() if k != "flow.bias"})
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ regzoo follows the code.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -157,16 +158,17 @@ class VoxelMorph(RegistrationModel):
             extras=extras,
         )
 
-    def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load a regzoo state_dict or one of the official PyTorch ``VxmDense``.
+    def load_weights(self, state: Mapping[str, Any] | str | Path) -> None:
+        """Load official or regzoo weights, strictly (regzoo's ``--weights FILE`` calls this).
 
-        The official model also stores its sampling grids (``transformer.grid``,
-        ``integrate.transformer.grid``) as buffers; they are not weights and are dropped.
+        ``state`` is a file or its content: an official ``VxmDense.save`` file
+        (``{'config', 'model_state'}``, whose config is checked against this model), a
+        ``{'state_dict': ...}`` checkpoint or a bare state dict (official sampling-grid buffers
+        are dropped); see :mod:`regzoo_voxelmorph.official`.
         """
-        own = self.state_dict()
-        self.load_state_dict(
-            {k: v for k, v in state.items() if k in own or not k.endswith("transformer.grid")}
-        )
+        from .official import load_official
+
+        load_official(self, state)
 
     def loss(self, batch: Batch, out: RegistrationOutput) -> dict[str, torch.Tensor]:
         """Terms of the objective; ``"loss"`` is their weighted sum."""

@@ -14,7 +14,7 @@ from regzoo.engine.instance import instance_optimise
 from regzoo.engine.optim import Optimizers, make_optimizer
 from regzoo.errors import ConfigError, UserError
 from regzoo.spatial import affine_from_normalised, affine_to_ddf
-from regzoo_istn import MODELS, import_official
+from regzoo_istn import MODELS
 from regzoo_istn.structures import label_structure, landmark_heatmap
 
 SIZE = 40  # smallest size the STN trunk takes with an ITN (>= 36, divisible by 4)
@@ -241,28 +241,3 @@ def test_checkpoint_holds_both_networks_and_round_trips():
     clone.load_state_dict(state, strict=True)
     batch = _batch()
     torch.testing.assert_close(clone(batch).ddf, model(batch).ddf)
-
-
-def test_import_official_separate_files(tmp_path):
-    torch.manual_seed(1)
-    reference = regzoo.create_model("istn-e-bspline", size=SIZE)
-    for p in reference.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    # The official training script saves itn.state_dict() and stn.state_dict() separately.
-    torch.save(dict(reference.itn.state_dict()), tmp_path / "itn_100.pt")
-    torch.save(dict(reference.stn.state_dict()), tmp_path / "stn_100.pt")
-    model = import_official(
-        tmp_path / "itn_100.pt", tmp_path / "stn_100.pt", variant="e", size=SIZE
-    )
-    assert (model.ndim, model.transformer, model.variant) == (2, "bspline", "e")
-    assert model.itn.activation == "relu"  # the official network computes exactly
-    reference.itn.activation = "relu"
-    batch = _batch()
-    torch.testing.assert_close(model(batch).ddf, reference(batch).ddf)
-    torch.testing.assert_close(
-        model(batch).extras["itn_moving"], reference(batch).extras["itn_moving"]
-    )
-    baseline = import_official(None, tmp_path / "stn_100.pt", variant="u", size=SIZE)
-    assert baseline.itn is None
-    with pytest.raises(regzoo.DataError):
-        import_official(tmp_path / "itn_100.pt", tmp_path / "stn_100.pt", size=64)

@@ -1,10 +1,12 @@
-"""Parameter counts and state-dict layouts equal to the official TransMorph networks.
+"""Parameter counts of the official TransMorph networks, and the loader on transcribed layouts.
 
-The layouts below are written from the official code's module structure
-(junyuchen245/TransMorph_Transformer_for_Medical_Image_Registration: ``TransMorph.py``,
-``TransMorph_diff.py``, ``TransMorph_bspl.py``, ``TransMorph_Bayes.py``, ``RaFD/TransMorph2D``):
-every name and shape its ``state_dict()`` holds, buffers included, so a file saved from the official
-model looks exactly like these dicts.
+The counts are the official networks' (``TransMorph.py`` and its CONFIGS). That regzoo's TransMorph
+*is* the official network rests on ``test_official_fixture.py``: a checkpoint written from the
+authors' code reproduces their field. The layouts below are transcribed by hand from the official
+module structure (``TransMorph_diff.py``, ``TransMorph_bspl.py``, ``TransMorph_Bayes.py``,
+``RaFD/TransMorph2D``) for the variants no fixture covers yet (the official -diff network builds
+only on CUDA); they check the loader's filtering (size-dependent buffers, unused official heads),
+not faithfulness.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import pytest
 import torch
 
 import regzoo
-from regzoo.engine.checkpoint import load_weights
 from regzoo_transmorph.checkpoint import load_official_checkpoint
 
 OFFICIAL_COUNTS = {
@@ -159,27 +160,6 @@ def test_parameter_counts_equal_official(name):
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_COUNTS[name]
 
 
-def test_layout_description_counts_official_parameters():
-    # The layout written above is the official network: its parameters sum to the official count.
-    layout = official_transmorph()
-    total = sum(math.prod(s) for k, s in layout.items() if not _is_buffer(k))
-    assert total == OFFICIAL_COUNTS["transmorph"]
-
-
-def test_official_state_dict_loads_strictly_into_transmorph():
-    layout = official_transmorph()
-    state = {
-        k: torch.empty(s, dtype=torch.long if "index" in k else torch.float32)
-        for k, s in layout.items()
-    }
-    model = _meta_model("transmorph")
-    result = model.load_state_dict(state, strict=True, assign=True)
-    assert not result.missing_keys and not result.unexpected_keys
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
-        k: s for k, s in layout.items() if not _is_buffer(k)
-    }
-
-
 def test_official_2d_state_dict_loads_into_2d_transmorph():
     layout = official_transmorph(ndim=2, img=(256, 256))
     state = {
@@ -194,38 +174,6 @@ def test_official_2d_state_dict_loads_into_2d_transmorph():
 
 
 TINY = {"embed": 6, "heads": (2, 2, 4, 4)}
-
-
-@pytest.mark.parametrize("with_grid", [True, False])
-def test_released_checkpoint_file_loads_through_engine(tmp_path, with_grid):
-    layout = official_transmorph(**TINY, img=(32, 32, 32))
-    state = _random_state(layout)
-    if not with_grid:
-        del state["spatial_trans.grid"]
-    path = tmp_path / "dsc0.744.pth.tar"
-    torch.save({"epoch": 500, "state_dict": state, "best_dsc": 0.744, "optimizer": {}}, path)
-    model = regzoo.create_model("transmorph-tiny")
-    load_weights(model, path)
-    loaded = model.state_dict()
-    for key, value in state.items():
-        if not _is_buffer(key):
-            assert torch.equal(loaded[key], value), key
-    # The index is recomputed from the window size, whatever the file held.
-    attn = model.transformer.layers[0].blocks[0].attn
-    assert attn.relative_position_index.max() == attn.relative_position_bias_table.shape[0] - 1
-
-
-def test_dataparallel_prefix_and_mismatch(tmp_path):
-    state = {"module." + k: v for k, v in _random_state(official_transmorph(**TINY)).items()}
-    model = regzoo.create_model("transmorph-tiny")
-    load_official_checkpoint(model, {"state_dict": state})
-    assert torch.equal(model.reg_head[0].bias, state["module.reg_head.0.bias"])
-    msg = r"shapes differ \(e\.g\. c1\.0\.weight: \(3, 2, 3, 3, 3\) in the file, \(24, 2, 3, 3, 3\) in"
-    with pytest.raises(ValueError, match=msg):
-        load_official_checkpoint(regzoo.create_model("transmorph-small"), {"state_dict": state})
-    del state["module.c2.0.weight"]
-    with pytest.raises(ValueError, match=r"1 missing \(e\.g\. c2\.0\.weight\)"):
-        load_official_checkpoint(model, state)
 
 
 @pytest.mark.parametrize(

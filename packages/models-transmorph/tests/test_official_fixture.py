@@ -1,0 +1,69 @@
+"""A checkpoint written from the authors' TransMorph loads into regzoo's and gives the official field.
+
+``fixtures/`` was written once by ``tools/fixtures/make_transmorph_fixture.py`` with the official
+``TransMorph`` and ``CONFIGS['TransMorph-Tiny']`` made smaller (``fixtures/transmorph.json`` records
+the sizes, the commit and the versions): ``transmorph_tiny.pth.tar`` as the authors' training
+scripts save (``{'epoch', 'state_dict', 'best_dsc', 'optimizer'}``) and ``transmorph_tiny.npz``
+with a fixed input and the official field and warped image (every second voxel per axis).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import regzoo
+from regzoo.engine.checkpoint import load_weights
+from regzoo_transmorph.checkpoint import load_official_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RECORD = json.loads((FIXTURES / "transmorph.json").read_text())
+EVERY2 = (
+    slice(None),
+    slice(None),
+    slice(None, None, 2),
+    slice(None, None, 2),
+    slice(None, None, 2),
+)
+
+
+def _reference() -> dict[str, torch.Tensor]:
+    with np.load(FIXTURES / "transmorph_tiny.npz") as arrays:
+        return {key: torch.from_numpy(arrays[key]) for key in arrays.files}
+
+
+def _model() -> torch.nn.Module:
+    return regzoo.create_model("transmorph", **RECORD["network"])
+
+
+def _state() -> dict[str, torch.Tensor]:
+    return torch.load(FIXTURES / "transmorph_tiny.pth.tar", weights_only=True)["state_dict"]
+
+
+def test_official_checkpoint_reproduces_the_official_field():
+    ref = _reference()
+    assert ref["flow"].abs().max() > 1.0  # a visible field: loading nothing cannot pass
+    model = _model()
+    assert sum(p.numel() for p in model.parameters()) == RECORD["parameters"]
+    load_weights(model, FIXTURES / "transmorph_tiny.pth.tar")  # what --weights does
+    x = ref["x"].float()
+    with torch.no_grad():
+        out = model.eval()({"moving": x[:, :1], "fixed": x[:, 1:]})
+    torch.testing.assert_close(out.ddf[EVERY2], ref["flow"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.warped[EVERY2], ref["warped"], atol=1e-5, rtol=0)
+
+
+def test_dataparallel_prefix_and_mismatches():
+    state = {"module." + k: v for k, v in _state().items()}
+    model = load_official_checkpoint(_model(), {"state_dict": state})
+    assert torch.equal(model.reg_head[0].weight, state["module.reg_head.0.weight"])
+    other = regzoo.create_model("transmorph-tiny")
+    with pytest.raises(ValueError, match=r"shapes differ \(e\.g\. "):
+        load_official_checkpoint(other, state)
+    del state["module.c2.0.weight"]
+    with pytest.raises(ValueError, match=r"1 missing \(e\.g\. c2\.0\.weight\)"):
+        load_official_checkpoint(_model(), state)

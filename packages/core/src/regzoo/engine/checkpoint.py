@@ -109,7 +109,9 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load weights from a regzoo checkpoint or a bare/foreign state-dict file into ``model``.
 
     Files holding ``{"state_dict": ...}`` (as many authors release them) are accepted. A model with
-    a ``load_weights(state)`` method (e.g. one that remaps an official layout) handles its own.
+    a ``load_weights(state)`` method (e.g. one that remaps an official layout) handles its own: it
+    receives the ``state_dict`` entry when the file has one, and otherwise the file's whole content
+    (so a format such as VoxelMorph's ``{"config", "model_state"}`` reaches it with its config).
     """
     ckpt = load_checkpoint(path)
     state = ckpt.get("state_dict", ckpt)

@@ -76,6 +76,9 @@ def test_plain_official_state_dict_with_grid_buffers_loads_strictly():
     model = regzoo.create_model("voxelmorph", **_options("vxm_dense_2d"))
     model.load_weights(state)
     torch.testing.assert_close(_run(model, ref).ddf, ref["flow"], atol=1e-5, rtol=0)
+    by_path = regzoo.create_model("voxelmorph", **_options("vxm_dense_2d"))
+    by_path.load_weights(FIXTURES / "vxm_dense_2d_state_dict.pt")
+    torch.testing.assert_close(_run(by_path, ref).ddf, ref["flow"], atol=1e-5, rtol=0)
     del state["flow.bias"]
     with pytest.raises(RuntimeError, match="flow.bias"):
         model.load_weights(state)
@@ -151,3 +154,25 @@ def test_cli_weights_mismatch_is_one_line_exit_2(capsys):
     assert code == 2
     assert len(err.splitlines()) == 1
     assert "official dense (int_steps=0) VoxelMorph" in err and "model.transformer=dense" in err
+
+
+def test_cli_loads_the_official_svf_file_with_the_suggested_override(capsys):
+    """The override the mismatch error names is one the command line takes, and then it loads."""
+    enc, dec = RECORD["fixtures"]["vxm_svf_2d"]["config"]["nb_unet_features"]
+    code = main(
+        [
+            "evaluate",
+            "voxelmorph",
+            "--weights",
+            str(FIXTURES / "vxm_svf_2d.pt"),
+            f"model.enc_features={enc}",
+            f"model.dec_features={dec}",
+            "model.transformer={name: svf, steps: 7, downsize: 2}",
+            "eval.max_pairs=1",
+            "eval.metrics=[dice]",
+            "--json",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "dice" in captured.out

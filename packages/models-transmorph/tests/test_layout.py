@@ -2,16 +2,18 @@
 
 The counts are the official networks' (``TransMorph.py`` and its CONFIGS). That regzoo's TransMorph
 *is* the official network rests on ``test_official_fixture.py``: a checkpoint written from the
-authors' code reproduces their field. The layouts below are transcribed by hand from the official
-module structure (``TransMorph_diff.py``, ``TransMorph_bspl.py``, ``TransMorph_Bayes.py``,
-``RaFD/TransMorph2D``) for the variants no fixture covers yet (the official -diff network builds
-only on CUDA); they check the loader's filtering (size-dependent buffers, unused official heads),
-not faithfulness.
+authors' code reproduces their field. The -bspl and -Bayes layouts (every state_dict name and
+shape) were written by the official networks (``fixtures/transmorph_layouts.json``); the -diff and
+2D layouts below are transcribed by hand from ``TransMorph_diff.py`` and ``RaFD/TransMorph2D``
+(the official -diff network builds only on CUDA). They check the loader's filtering
+(size-dependent buffers, unused official heads); no output of those variants is compared.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,26 +116,6 @@ def official_diff(embed=96, depths=(2, 2, 4, 2), heads=(4, 4, 8, 8)):
     return s
 
 
-def official_bspl(embed=96, depths=(2, 2, 4, 2), heads=(4, 4, 8, 8)):
-    """``TranMorphBSplineNet``: half-resolution decoder, ``resize_conv``, ``out_layer``."""
-    s = _swin(embed, depths, heads, (5, 6, 7))
-    s.update(_decoder(embed, 3, embed // 2, full=False))
-    s.update(_conv("resize_conv.0.0", 32, embed // 2, 3, bias=True))
-    s.update(_conv("resize_conv.1.0", 32, 32, 3, bias=True))
-    s.update(_conv("out_layer", 3, 32, 3, bias=True))
-    return s
-
-
-def official_bayes(embed=96, depths=(2, 2, 4, 2), heads=(4, 4, 8, 8)):
-    """``TransMorphBayes``: ``net`` (a TransMorph with unused ``reg_head``, ``sigma_head``,
-    ``spatial_trans``) and its own ``reg_head`` and ``spatial_trans``."""
-    s = {"net." + k: v for k, v in official_transmorph(embed, depths, heads).items()}
-    s.update(_conv("net.sigma_head.0", 1, 16, 3, bias=True))
-    s.update(_conv("reg_head.0", 3, 16, 3, bias=True))
-    s["spatial_trans.grid"] = (1, 3, *IMG_3D)
-    return s
-
-
 def _is_buffer(name):
     return name.endswith(("relative_position_index", "spatial_trans.grid"))
 
@@ -174,19 +156,27 @@ def test_official_2d_state_dict_loads_into_2d_transmorph():
 
 
 TINY = {"embed": 6, "heads": (2, 2, 4, 4)}
+# Written by the official TransMorph-bspl and -Bayes (tools/fixtures/make_transmorph_fixture.py).
+LAYOUTS = json.loads((Path(__file__).parent / "fixtures" / "transmorph_layouts.json").read_text())
+
+
+def _official_layout(name):
+    """Names and shapes of the official network's state_dict, and regzoo options of its sizes."""
+    entry = LAYOUTS[name]
+    return {k: tuple(v) for k, v in entry["state_dict"].items()}, entry["network"]
 
 
 @pytest.mark.parametrize(
-    "name,layout",
+    "name,layout,network",
     [
-        ("transmorph-diff", official_diff(**TINY)),
-        ("transmorph-bspl", official_bspl(**TINY)),
-        ("transmorph-bayes", official_bayes(**TINY)),
+        ("transmorph-diff", official_diff(**TINY), {"embed_dim": 6, "num_heads": [2, 2, 4, 4]}),
+        ("transmorph-bspl", *_official_layout("transmorph-bspl")),
+        ("transmorph-bayes", *_official_layout("transmorph-bayes")),
     ],
 )
-def test_variant_checkpoints_load(name, layout):
+def test_variant_checkpoints_load(name, layout, network):
     state = _random_state(layout)
-    model = regzoo.create_model(name, embed_dim=6, num_heads=[2, 2, 4, 4])
+    model = regzoo.create_model(name, **network)
     load_official_checkpoint(model, state)
     loaded = model.state_dict()
     used = {k for k in layout if not _is_buffer(k) and not k.startswith(model.unused_official_keys)}
@@ -196,7 +186,8 @@ def test_variant_checkpoints_load(name, layout):
 
 
 def test_bayes_unused_official_heads_are_only_dropped_by_the_filter():
-    state = _random_state(official_bayes(**TINY))
-    model = regzoo.create_model("transmorph-bayes", embed_dim=6, num_heads=[2, 2, 4, 4])
+    layout, network = _official_layout("transmorph-bayes")
+    assert "net.sigma_head.0.weight" in layout  # held by the official network, never used
+    model = regzoo.create_model("transmorph-bayes", **network)
     with pytest.raises(RuntimeError, match="sigma_head"):
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(_random_state(layout), strict=True)

@@ -12,8 +12,8 @@ from regzoo.engine import train
 from regzoo.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from regzoo.engine.instance import instance_optimise
 from regzoo.engine.trainer import build_dataset
+from regzoo.labels import warp_labels
 from regzoo.metrics import dice_per_label
-from regzoo.spatial import warp_labels
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,8 @@ def pair(tmp_path_factory):
     labels = (fixed * 3).floor().clamp(0, 2).long()
     v = torch.nn.functional.avg_pool3d(torch.randn(1, 3, *shape, generator=g) * 12, 9, 1, 4)
     ddf = integrate_velocity(v)
-    from regzoo.spatial import warp, warp_labels
+    from regzoo.labels import warp_labels
+    from regzoo.spatial import warp
 
     moving = warp(fixed, -ddf, padding="border")
     moving_labels = warp_labels(labels, -ddf)

@@ -194,7 +194,7 @@ def test_folder_dataset_reads_labels_and_anisotropic_spacing(tmp_path: Path) -> 
         "s1.nii.gz",
         "s2.nii.gz",
     ]
-    assert ds.num_labels == 3
+    assert ds.label_table.num_classes == 3
     item = ds[0]
     assert item["moving"].shape == item["fixed"].shape == (1, 16, 16, 8)
     assert item["moving_label"].dtype == torch.int64 and set(
@@ -365,7 +365,7 @@ def _learn2reg(tmp_path: Path, shape: tuple[int, ...] = (8, 8, 8)) -> Path:
 def test_learn2reg_dataset_reads_the_json_layout(tmp_path: Path) -> None:
     root = _learn2reg(tmp_path)
     train = regzoo.build("dataset", {"name": "learn2reg", "root": str(root), "pad_multiple": None})
-    assert train.pairing == "random" and train.num_labels == 3
+    assert train.pairing == "random" and train.label_table.values == (0, 1, 2)
     assert [Path(s.image).name[:10] for s in train.scans] == [
         "OASIS_0001",
         "OASIS_0002",

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from regzoo.labels import warp_labels
 from regzoo.spatial import (
     affine_from_normalised,
     affine_to_ddf,
@@ -28,7 +29,6 @@ from regzoo.spatial import (
     jacobian_determinant,
     resize_field,
     warp,
-    warp_labels,
 )
 
 SHAPES = [(23, 29), (11, 13, 15)]

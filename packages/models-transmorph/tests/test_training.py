@@ -14,8 +14,8 @@ import torch
 
 import regzoo
 from regzoo.engine.optim import Optimizers, make_optimizer
+from regzoo.labels import warp_labels
 from regzoo.metrics import dice_per_label
-from regzoo.spatial import warp_labels
 
 QUICK = regzoo.get_entry("model", "transmorph-tiny").presets["quick"]
 POOL = 16  # training pairs, cycled

@@ -17,7 +17,8 @@ import regzoo
 from regzoo.config import resolve_config
 from regzoo.engine.optim import Optimizers, make_optimizer
 from regzoo.engine.trainer import train
-from regzoo.spatial import jacobian_determinant, one_hot, warp
+from regzoo.labels import one_hot
+from regzoo.spatial import jacobian_determinant, warp
 from regzoo.testing import check_model, parametrize_models, tiny_batch
 
 # Official VxmDense parameter counts (flow head included): the paper gives 327,331 for the 3D

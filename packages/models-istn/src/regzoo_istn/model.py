@@ -34,7 +34,7 @@ from torch import nn
 
 from regzoo.errors import ConfigError, DataError, UserError
 from regzoo.models import RegistrationModel, RegistrationOutput
-from regzoo.spatial import affine_from_normalised, affine_to_ddf, one_hot, resize_field, warp
+from regzoo.spatial import affine_from_normalised, affine_to_ddf, resize_field, warp
 
 from .networks import ITN, AffineSTN, BSplineSTN
 from .structures import label_structure, landmark_heatmap
@@ -72,11 +72,11 @@ class ISTN(RegistrationModel):
         structure: where the structure maps come from: ``"labels"`` (``moving_label``/
             ``fixed_label``), ``"landmarks"`` (``moving_landmarks``/``fixed_landmarks`` as Gaussian
             heatmaps) or ``"auto"`` (labels when the batch has them, else landmarks).
-        structure_labels: label values that form the structure of interest; empty: every non-zero
-            label (the official ``threshold_zero``).
+        structure_labels: label values (original ones, looked up in the data's label table) that
+            form the structure of interest; empty: every non-zero label (``threshold_zero``).
         heatmap_sigma: standard deviation of the landmark heatmaps, voxels of the input images.
-        num_labels: classes of ``warped_label`` (one-hot moving labels warped linearly); 0 infers
-            it from the batch's largest label.
+        num_labels: classes of ``warped_label`` (one-hot moving labels warped linearly); 0: the
+            data's label table (:meth:`~regzoo.models.RegistrationModel.warp_moving_labels`).
         itn_activation: ``"leaky_relu"`` (slope 0.01, default) or ``"relu"`` (official). The
             official ReLU ITN often dies in training (see :class:`~regzoo_istn.networks.ITN`);
             the weights are the same either way, and :func:`import_official` uses ``"relu"``.
@@ -196,18 +196,11 @@ class ISTN(RegistrationModel):
         extras = {"stn_ddf": stn_ddf, "stn_moving": m, "stn_fixed": f}
         if self.itn is not None:
             extras.update(itn_moving=m, itn_fixed=f)
-        warped_label = None
-        if "moving_label" in batch:
-            labels = batch["moving_label"]
-            k = self.num_labels or int(
-                max(labels.max(), batch.get("fixed_label", labels).max()).item() + 1
-            )
-            warped_label = warp(one_hot(labels, k, ddf.dtype), ddf)
         return RegistrationOutput(
             warped=warp(moving, ddf),
             ddf=ddf,
             affine=affine,
-            warped_label=warped_label,
+            warped_label=self.warp_moving_labels(batch, ddf, self.num_labels or None),
             extras=extras,
         )
 
@@ -220,8 +213,12 @@ class ISTN(RegistrationModel):
         if source == "auto":
             source = "labels" if has_labels else "landmarks"
         if source == "labels" and has_labels:
-            s_m = label_structure(batch["moving_label"], self.structure_labels)
-            s_f = label_structure(batch["fixed_label"], self.structure_labels)
+            wanted = self.structure_labels
+            if wanted and self.label_table is not None:  # batch maps hold table indices
+                wanted = self.label_table.encode(torch.tensor(wanted), "model.structure_labels")
+                wanted = tuple(wanted.tolist())
+            s_m = label_structure(batch["moving_label"], wanted)
+            s_f = label_structure(batch["fixed_label"], wanted)
         elif source == "landmarks" and has_landmarks:
             shape = batch["moving"].shape[2:]
             s_m = landmark_heatmap(batch["moving_landmarks"].float(), shape, self.heatmap_sigma)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from regzoo.models import Batch, RegistrationLoss, RegistrationModel, RegistrationOutput
-from regzoo.spatial import one_hot, warp
+from regzoo.spatial import warp
 
 from .networks import Register
 
@@ -56,9 +56,7 @@ class MIRegistration(RegistrationModel):
         out = RegistrationOutput(
             warped=warp(x, field["ddf"]), ddf=field["ddf"], velocity=field.get("velocity")
         )
-        if "moving_label" in batch:
-            labels = batch["moving_label"]
-            out.warped_label = warp(one_hot(labels, int(labels.max()) + 1, x.dtype), out.ddf)
+        out.warped_label = self.warp_moving_labels(batch, out.ddf)
         return out
 
     def loss(self, batch: Batch, out: RegistrationOutput) -> dict[str, torch.Tensor]:

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from regzoo.labels import warp_labels
 from regzoo.metrics import Metric, dice_per_label, folding, label_ids
-from regzoo.spatial import warp_labels
 
 __all__ = [
     "segmentation_dice",

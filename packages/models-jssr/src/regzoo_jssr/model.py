@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from regzoo import ConfigError, build
+from regzoo.labels import one_hot
 from regzoo.models import Batch, RegistrationModel, RegistrationOutput
-from regzoo.spatial import one_hot, warp
+from regzoo.spatial import warp
 
 from .networks import Generator, PatchDiscriminator, Register, Segmentor
 
@@ -168,10 +169,7 @@ class JSSR(RegistrationModel):
             ``moving_label``) and ``extras["warped_synthesized"]`` (tau(G(x, y))).
         """
         out = self._run(batch, segment=True)
-        if "moving_label" in batch:
-            labels = batch["moving_label"]
-            k = max(self.num_classes, int(labels.max()) + 1)
-            out.warped_label = warp(one_hot(labels, k, out.warped.dtype), out.ddf)
+        out.warped_label = self.warp_moving_labels(batch, out.ddf, self.num_classes)
         return out
 
     def _run(

@@ -24,7 +24,7 @@ from regzoo.errors import ConfigError, UserError
 from regzoo.losses import degree_map
 from regzoo.models import Batch, RegistrationLoss, RegistrationModel, RegistrationOutput
 from regzoo.nn import conv_nd, interpolation_mode
-from regzoo.spatial import control_grid_shape, integrate_velocity, one_hot, warp
+from regzoo.spatial import control_grid_shape, integrate_velocity, warp
 
 from .bspline import bspline_to_dense
 from .checkpoint import load_official_checkpoint
@@ -72,10 +72,8 @@ class _TransMorphModel(RegistrationModel):
         out = RegistrationOutput(warped=warp(batch["moving"], ddf), ddf=ddf, **fields)
         criterion = getattr(self, "criterion", None)
         uses_labels = criterion is not None and criterion.segmentation is not None
-        if uses_labels and "moving_label" in batch and "fixed_label" in batch:
-            labels = batch["moving_label"]
-            k = int(torch.maximum(labels.max(), batch["fixed_label"].max()).item()) + 1
-            out.warped_label = warp(one_hot(labels, k, ddf.dtype), ddf)
+        if uses_labels and "fixed_label" in batch:
+            out.warped_label = self.warp_moving_labels(batch, ddf)
         return out
 
     def loss(self, batch: Batch, out: RegistrationOutput) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ from torch import nn
 from regzoo import build
 from regzoo.models import Batch, RegistrationLoss, RegistrationModel, RegistrationOutput
 from regzoo.nn import conv_nd
-from regzoo.spatial import one_hot, warp
+from regzoo.spatial import warp
 
 __all__ = ["VoxelMorph"]
 
@@ -60,8 +60,8 @@ class VoxelMorph(RegistrationModel):
             batch the linearly warped one-hot moving labels meet the fixed ones (semi-supervised
             VoxelMorph, 0.01). The regulariser sees the velocity for ``svf`` (the official
             ``preint_flow``) and the displacement otherwise.
-        num_labels: classes of the label maps for ``warped_label``; ``None``: the largest label in
-            the batch + 1.
+        num_labels: classes of ``warped_label``; ``None``: the data's label table
+            (:meth:`~regzoo.models.RegistrationModel.warp_moving_labels`).
         prior_lambda: precision of the KL prior added to the objective (probabilistic only;
             official 10; VoxelMorph-diff has no other regulariser).
     """
@@ -143,18 +143,11 @@ class VoxelMorph(RegistrationModel):
                 params = params + torch.exp(0.5 * log_sigma) * torch.randn_like(params)
         fields = self.transformer(params, shape)
         ddf = fields["ddf"]
-        warped_label = None
-        if "moving_label" in batch:
-            labels = batch["moving_label"]
-            k = self.num_labels or int(labels.max()) + 1
-            if "fixed_label" in batch and not self.num_labels:
-                k = max(k, int(batch["fixed_label"].max()) + 1)
-            warped_label = warp(one_hot(labels, k, ddf.dtype), ddf)
         return RegistrationOutput(
             warped=warp(moving, ddf),
             ddf=ddf,
             velocity=fields.get("velocity"),
-            warped_label=warped_label,
+            warped_label=self.warp_moving_labels(batch, ddf, self.num_labels),
             extras=extras,
         )
 

@@ -315,6 +315,7 @@ def evaluate_command(
     from ..engine.checkpoint import load_checkpoint, load_state, load_weights
     from ..engine.rundir import make_folder, report_dir
     from ..engine.trainer import build_model
+    from ..labels import LabelTable
 
     items = list(overrides or []) + (_data_overrides(data) if data else [])
     if Path(model).is_file() or model.endswith((".pt", ".pth", ".ckpt")) or "/" in model:
@@ -328,6 +329,7 @@ def evaluate_command(
     net = build_model(cfg, model if ckpt is not None else None)
     if ckpt is not None:
         load_state(net, ckpt["state_dict"], model)
+        net.label_table = LabelTable.from_checkpoint(ckpt)
     if weights is not None:
         load_weights(net, weights)
     net.to(runtime.device)

@@ -141,7 +141,7 @@ def register_command(
         target = out
         if not learn2reg and len(todo) > 1:
             target = out / f"{_stem(p.moving)}_to_{_stem(p.fixed)}"
-        written = write_outputs(target, loaded, result, name)
+        written = write_outputs(target, loaded, result, name, net.label_table)
         entry = {"moving": str(p.moving), "fixed": str(p.fixed), "files": [str(w) for w in written]}
         if history:
             entry["objective"] = {"before": history[0], "after": history[-1], "iterations": steps}
@@ -172,7 +172,8 @@ def apply_command(
 
     from ..data.grid import resample
     from ..data.io import load_ddf, load_image, save_image
-    from ..spatial import warp, warp_labels
+    from ..labels import warp_labels
+    from ..spatial import warp
 
     _check_exists(ddf, image)
     field, finfo = load_ddf(ddf)

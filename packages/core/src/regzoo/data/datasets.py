@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from ..labels import LabelTable
 from ..registry import Paper, register_dataset
 from .pairs import check_pairing, natural_length, pair_subjects, split_id
 from .synth import SynthMorphGenerator
@@ -189,6 +190,11 @@ class SynthDataset(Dataset):
         self.ndim = ndim
         self.shape = self.generator.shape
         self.num_labels = int(num_labels)
+
+    @property
+    def label_table(self) -> LabelTable:
+        """Labels ``0 .. num_labels-1``: the label maps are their own table indices."""
+        return LabelTable(range(self.num_labels))
 
     def __len__(self) -> int:
         return self.length

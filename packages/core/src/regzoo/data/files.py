@@ -10,8 +10,9 @@ Both build every item the same way (:class:`FilePairDataset`):
 3. intensities are normalised per image (``normalize``: ``percentile`` by default).
 
 Items: ``moving``, ``fixed`` ``(1, *S)`` float32; ``moving_label``, ``fixed_label`` ``(1, *S)``
-int64 when the dataset has label maps (where some images lack one, missing maps are zeros and
-``labelled`` says whether both exist); ``moving_landmarks``, ``fixed_landmarks`` ``(N, ndim)``
+int64 indices into the dataset's ``label_table`` (:class:`regzoo.labels.LabelTable`, the sorted
+label values of every split) when the dataset has label maps (where some images lack one,
+missing maps are zeros and ``labelled`` says whether both exist); ``moving_landmarks``, ``fixed_landmarks`` ``(N, ndim)``
 float32 model-grid voxels where both images have landmarks (Learn2Reg keypoints); ``spacing``
 ``(ndim,)`` float32 mm of the model grid;
 ``fixed_affine`` ``(4, 4)`` float64 voxel-to-RAS of the model grid; ``moving_path``,
@@ -36,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
+from ..labels import LabelTable
 from ..registry import Paper, register_dataset
 from .grid import (
     NORMALISATIONS,
@@ -142,7 +144,7 @@ class FilePairDataset(Dataset):
         self.atlas_spec = atlas
         self._cache: OrderedDict[tuple[str, bool], tuple[np.ndarray, ImageInfo]] = OrderedDict()
         self._cache_size = int(cache_size)
-        self._num_labels: int | None = None
+        self._label_table: LabelTable | None = None
 
     def _finish_setup(self) -> None:
         """Validate the scans and pairing once subclasses have listed them."""
@@ -165,13 +167,27 @@ class FilePairDataset(Dataset):
         return type(self).__name__
 
     @property
-    def num_labels(self) -> int | None:
-        """Largest label + 1 over all label maps (read once, on first use); None without labels."""
-        if self._num_labels is None and self.has_labels:
-            self._num_labels = 1 + max(
-                int(load_image(s.label, label=True)[0].max()) for s in self.scans if s.label
+    def label_table(self) -> LabelTable | None:
+        """The dataset's label table (``None`` without labels), found on first use: the values
+        :meth:`listed_labels` gives, else those of every file of :meth:`label_files`."""
+        if self._label_table is None and self.has_labels:
+            listed = self.listed_labels()
+            self._label_table = (
+                LabelTable(listed)
+                if listed is not None
+                else LabelTable(
+                    v for p in self.label_files() for v in np.unique(load_image(p, True)[0])
+                )
             )
-        return self._num_labels
+        return self._label_table
+
+    def listed_labels(self) -> list[int] | None:
+        """Label values the dataset's metadata lists (``None``: read them from the files)."""
+        return None
+
+    def label_files(self) -> list[str]:
+        """Every label map of the dataset, all splits, so that the splits share one table."""
+        return sorted({s.label for s in self.scans if s.label})
 
     def _atlas_index(self, atlas: Any) -> int:
         if isinstance(atlas, int):
@@ -219,6 +235,7 @@ class FilePairDataset(Dataset):
         if scan.label is None:
             return image, info, None
         label, linfo = self._load(scan.label, True)
+        label = self.label_table.encode(label, scan.label)
         if linfo.shape != info.shape:
             raise DataError(
                 f"{scan.label}: label map shape {linfo.file_shape} does not match its image "
@@ -397,21 +414,35 @@ class FolderDataset(FilePairDataset):
         if not base.is_dir():
             raise DataError(f"{root}: no such folder")
         self.root = base / split if (base / split).is_dir() else base
+        self.label_suffix = label_suffix
+        splits = [base / s for s in ("train", "val", "test") if (base / s).is_dir()]
+        self.label_folders = splits if self.root != base else [base]
         self.scans = _scan_folder(self.root, label_suffix)
         self.pairs = None
         self._finish_setup()
+
+    def label_files(self) -> list[str]:
+        return sorted(
+            {
+                s.label
+                for folder in self.label_folders
+                for s in _scan_folder(folder, self.label_suffix)
+                if s.label
+            }
+        )
 
     def describe(self) -> str:
         return f"folder {self.root}"
 
 
-def _l2r_label_count(labels: Any) -> int | None:
-    """Number of labels (max label + 1) from a Learn2Reg ``labels`` entry, if it lists any."""
+def _l2r_label_values(labels: Any) -> list[int] | None:
+    """The label values a Learn2Reg ``labels`` entry lists (``{"0": {"1": "name"}}`` per
+    modality, or ``{"1": "name"}``); ``None`` if it lists none."""
     if isinstance(labels, dict) and labels:
         inner = next(iter(labels.values()))
         keys = inner.keys() if isinstance(inner, dict) else labels.keys()
         values = [int(k) for k in keys if str(k).lstrip("-").isdigit()]
-        return max(values) + 1 if values else None
+        return values or None
     return None
 
 
@@ -495,7 +526,6 @@ class Learn2RegDataset(FilePairDataset):
             seed,
         )
         self.modalities: dict[str, str] = dict(meta.get("modality", {}))
-        self._num_labels = _l2r_label_count(meta.get("labels"))
         shapes = meta.get("tensorImageShape") or {}
         self.shapes = (
             {str(k): tuple(int(s) for s in v) for k, v in shapes.items()}
@@ -547,6 +577,14 @@ class Learn2RegDataset(FilePairDataset):
             self.scans = [self._scan(p) for p in images]
             self.pairs = None
         self._finish_setup()
+
+    def listed_labels(self) -> list[int] | None:
+        """The json's ``labels``: a label file holding another value is a one-line error."""
+        return _l2r_label_values(self.meta.get("labels"))
+
+    def label_files(self) -> list[str]:
+        listed = {p for p in self._labels.values() if p and os.path.isfile(p)}
+        return sorted(listed | {s.label for s in self.scans if s.label})
 
     def _find_json(self, json_file: str | None) -> Path:
         if not self.root.is_dir():

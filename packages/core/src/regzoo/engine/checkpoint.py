@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import atomic_path
 from ..errors import DataError, UserError
+from ..labels import LabelTable
 from ..registry import plugins
 
 __all__ = [
@@ -125,10 +126,12 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 def model_from_checkpoint(
     ckpt: Mapping[str, Any], path: str | Path = "checkpoint"
 ) -> torch.nn.Module:
-    """Rebuild the model a checkpoint (read from ``path``) describes and load its weights."""
+    """Rebuild the model a checkpoint (read from ``path``) describes, load its weights and its
+    label table."""
     from .trainer import build_model
 
     cfg = ckpt["config"]
     model = build_model(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg)), path)
     load_state(model, ckpt["state_dict"], path)
+    model.label_table = LabelTable.from_checkpoint(ckpt)
     return model

@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import DataError, UserError
+from ..labels import warp_labels
 from ..metrics import summarize
 from ..models import RegistrationOutput
 from ..registry import build
-from ..spatial import warp_labels
 from .overview import render_overview
 
 __all__ = ["evaluate", "summarize_cases", "evaluate_case", "check_finite_output", "SUMMARY_KEYS"]

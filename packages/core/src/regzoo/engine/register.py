@@ -28,8 +28,9 @@ import torch
 from ..data.grid import normalize_intensity, resample
 from ..data.io import ImageInfo, load_image, save_ddf, save_image
 from ..errors import DataError, UserError
-from ..models import RegistrationModel, RegistrationOutput
-from ..spatial import warp, warp_labels
+from ..labels import LabelTable, warp_labels
+from ..models import BATCH_LABEL_KEYS, RegistrationModel, RegistrationOutput
+from ..spatial import warp
 from .instance import instance_optimise
 
 __all__ = ["PairFiles", "load_pair", "register_pair", "write_outputs", "learn2reg_name"]
@@ -108,8 +109,11 @@ def register_pair(
 
     ``samples`` > 0 asks a sampling model (``model.sample(batch, k)``, e.g. TransMorph-Bayes) for
     the mean field and a per-voxel uncertainty instead of one forward pass.
+
+    The model never sees the pair's label maps (original values of any size, not indices of its
+    label table): :func:`write_outputs` warps them through :func:`regzoo.labels.warp_labels`.
     """
-    batch = {k: v.to(device) for k, v in pair.batch.items()}
+    batch = {k: v.to(device) for k, v in pair.batch.items() if k not in BATCH_LABEL_KEYS}
     if samples:
         if not hasattr(model, "sample"):
             raise UserError(
@@ -152,9 +156,17 @@ def _to_file_voxels(ddf: np.ndarray, info: ImageInfo) -> np.ndarray:
 
 
 def write_outputs(
-    out_dir: str | Path, pair: LoadedPair, out: RegistrationOutput, learn2reg: str | None = None
+    out_dir: str | Path,
+    pair: LoadedPair,
+    out: RegistrationOutput,
+    learn2reg: str | None = None,
+    label_table: LabelTable | None = None,
 ) -> list[Path]:
-    """Write a pair's results into ``out_dir``; returns the files written."""
+    """Write a pair's results into ``out_dir``; returns the files written.
+
+    ``label_table`` (the model's) turns segmentation predictions into original label values;
+    ``warped_seg`` keeps the moving label map's own values, whatever they are.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ddf = out.ddf.detach().float().cpu()
@@ -170,11 +182,21 @@ def write_outputs(
     if "moving_label" in pair.batch:
         written.append(out_dir / "warped_seg.nii.gz")
         save_image(warp_labels(pair.batch["moving_label"], ddf)[0], info, written[-1])
+
+    def predicted(logits: torch.Tensor | None) -> torch.Tensor | None:
+        if logits is None:
+            return None
+        if label_table is None:
+            return logits.detach().argmax(1, True).cpu()
+        # a head wider than the table: its extra classes never had a label to learn
+        index = logits.detach()[:, : label_table.num_classes].argmax(1, True).cpu()
+        return label_table.decode(index)
+
     extras = {
         "uncertainty": out.uncertainty,
         "synthesized": out.synthesized,
-        "moving_seg_pred": None if out.moving_seg is None else out.moving_seg.argmax(1, True),
-        "fixed_seg_pred": None if out.fixed_seg is None else out.fixed_seg.argmax(1, True),
+        "moving_seg_pred": predicted(out.moving_seg),
+        "fixed_seg_pred": predicted(out.fixed_seg),
     }
     for name, value in extras.items():
         if value is not None:

@@ -180,6 +180,8 @@ class Trainer:
                 dist.broadcast(tensor, 0)
             seed_everything(int(cfg.train.seed) + self.runtime.rank)
         self.train_set = build_dataset(cfg, "train")
+        # one label table for the run: heads, label warping and the checkpoint use it
+        self.model.label_table = getattr(self.train_set, "label_table", None)
         self.sampler = StepSampler(
             len(self.train_set),
             int(cfg.train.batch_size),
@@ -237,6 +239,7 @@ class Trainer:
             "best": self.best,
             "versions": versions(),
             "metrics": dict(metrics) if metrics else None,
+            "labels": None if self.model.label_table is None else self.model.label_table.to_list(),
         }
 
     def save(self, name: str = "last.pt", metrics: Mapping[str, Any] | None = None) -> None:

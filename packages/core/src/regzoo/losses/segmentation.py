@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..labels import one_hot
 from ..registry import register_loss
-from ..spatial import one_hot
 from .lncc import VOXELMORPH_2019
 
 __all__ = ["Dice", "CrossEntropy"]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..labels import LabelTable, warp_label_probabilities
 from .output import BATCH_LABEL_KEYS, RegistrationOutput
 
 if TYPE_CHECKING:
@@ -37,10 +38,14 @@ class RegistrationModel(nn.Module):
     Class attributes:
         io_iterations: default number of instance-optimisation steps for ``regzoo register``.
         io_lr: learning rate of instance optimisation.
+        label_table: the label table of the data (:class:`regzoo.labels.LabelTable`): the engine
+            sets it from the training dataset and saves it in checkpoints; ``None`` without labels.
+            Label maps in a batch hold its indices ``0 .. K-1``, not the original values.
     """
 
     io_iterations: int = 0
     io_lr: float = 1e-4
+    label_table: LabelTable | None = None
 
     def forward(self, batch: Batch) -> RegistrationOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -56,6 +61,26 @@ class RegistrationModel(nn.Module):
         """
         unlabelled = {k: v for k, v in batch.items() if k not in BATCH_LABEL_KEYS}
         return self.loss(unlabelled, out)["loss"]
+
+    def warp_moving_labels(
+        self, batch: Batch, ddf: torch.Tensor, num_classes: int | None = None
+    ) -> torch.Tensor | None:
+        """The batch's ``moving_label`` warped by ``ddf`` linearly as one-hot maps, ``(B, K, *S)``
+        probabilities (a model's ``warped_label``); ``None`` when the batch has no moving labels.
+
+        ``K`` is ``num_classes`` when given (a segmentation head's width), else the label table's
+        size, widened to 1 + the largest index in the batch's label maps (a table of other data).
+        Every model warps label maps through here (:func:`regzoo.labels.warp_label_probabilities`).
+        """
+        if "moving_label" not in batch:
+            return None
+        labels = batch["moving_label"]
+        if num_classes is None:
+            present = [batch[k].max() for k in BATCH_LABEL_KEYS if k in batch]
+            num_classes = int(torch.stack(present).max()) + 1
+            if self.label_table is not None:
+                num_classes = max(num_classes, self.label_table.num_classes)
+        return warp_label_probabilities(labels, ddf, num_classes)
 
     def io_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters that instance optimisation updates (all by default; ISTN: its STN only)."""

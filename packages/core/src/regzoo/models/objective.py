@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..labels import one_hot
 from ..registry import build
-from ..spatial import one_hot
 from .output import RegistrationOutput
 
 __all__ = ["RegistrationLoss"]

@@ -1,6 +1,7 @@
 """Spatial transforms: warping, integration, composition, affine, B-spline.
 
 Fields are ``(B, ndim, *spatial)`` displacements in voxel units; ``warped[x] = moving[x + ddf[x]]``.
+Label maps are warped through :mod:`regzoo.labels` (``warp_labels``, ``one_hot``).
 """
 
 from .affine import affine_from_normalised, affine_to_ddf, affine_to_normalised, affine_to_physical
@@ -14,12 +15,10 @@ from .fields import (
     resize_field,
 )
 from .grid import identity_grid, spatial_shape
-from .warp import one_hot, sampling_grid, warp, warp_labels
+from .warp import sampling_grid, warp
 
 __all__ = [
     "warp",
-    "warp_labels",
-    "one_hot",
     "sampling_grid",
     "identity_grid",
     "spatial_shape",

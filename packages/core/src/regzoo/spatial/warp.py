@@ -1,4 +1,4 @@
-"""Warping images and label maps with a dense displacement field.
+"""Warping images with a dense displacement field (label maps: :mod:`regzoo.labels`).
 
 ``warped[x] = moving[x + ddf[x]]`` with ``ddf`` in voxel units, channel i along spatial axis i, voxel
 centres at integer indices (``align_corners=True``). On CPU (and wherever Triton is not usable) the
@@ -14,12 +14,11 @@ parallelise over the batch only (3D forward and backward, 2D backward): measured
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .grid import normalised_grid_affine
 
-__all__ = ["warp", "warp_labels", "one_hot"]
+__all__ = ["warp", "sampling_grid"]
 
 _MODES = ("bilinear", "nearest")
 _PADDINGS = ("zeros", "border")
@@ -136,28 +135,3 @@ class _GridSampleWarp(torch.autograd.Function):
                     grad_grid[..., ndim - 1 - axis], scale[ndim - 1 - axis], out=grad_ddf[:, axis]
                 )
         return (grad_image if need[0] else None), grad_ddf, None, None
-
-
-def one_hot(
-    labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """``(B, 1, *spatial)`` integer labels to ``(B, num_classes, *spatial)`` one-hot maps."""
-    if labels.dim() < 3 or labels.shape[1] != 1:
-        raise ValueError(f"labels must be (B, 1, *spatial), got {tuple(labels.shape)}")
-    return F.one_hot(labels[:, 0].long(), num_classes).movedim(-1, 1).to(dtype)
-
-
-def warp_labels(
-    labels: torch.Tensor, ddf: torch.Tensor, num_classes: int | None = None, mode: str = "nearest"
-) -> torch.Tensor:
-    """Warp an integer label map ``(B, 1, *spatial)``, never interpolating label values.
-
-    ``mode="nearest"`` samples the nearest label. ``mode="linear"`` warps the one-hot maps linearly
-    and returns the arg-max (TransMorph's evaluation); both return ``(B, 1, *spatial)`` int64.
-    """
-    if mode == "nearest":
-        return warp(labels.float(), ddf, mode="nearest").round().long()
-    if mode != "linear":
-        raise ValueError(f"label warp mode must be 'nearest' or 'linear', got {mode!r}")
-    k = int(num_classes or labels.max().item() + 1)
-    return warp(one_hot(labels, k), ddf).argmax(1, keepdim=True)

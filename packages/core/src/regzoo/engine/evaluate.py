@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import DataError, UserError
-from ..labels import warp_labels
-from ..metrics import summarize
+from ..labels import LabelTable, warp_labels
+from ..metrics import dice_per_label, summarize
 from ..models import RegistrationOutput
 from ..registry import build
 from .overview import render_overview
@@ -43,10 +43,13 @@ def evaluate_case(
     metrics: Mapping[str, Any],
     label_warp: str = "nearest",
     out: RegistrationOutput | None = None,
+    label_table: LabelTable | None = None,
 ) -> dict[str, torch.Tensor]:
     """Metric values ``(B,)`` by name for one batch and its field ``ddf``.
 
     ``out`` (the model's output) gives metrics its segmentations (``moving_seg``, ``fixed_seg``).
+    ``label_table`` (the dataset's; the batch's maps hold its indices) adds ``dice_per_label``,
+    ``(B, K-1)``: the Dice of every non-zero label of the table, in its order.
     """
     warped_label = None
     if "moving_label" in batch:
@@ -70,6 +73,9 @@ def evaluate_case(
         if any(inputs.get(k) is None for k in getattr(metric, "requires", ())):
             continue  # e.g. no labels for Dice, no landmarks for TRE
         out[name] = metric(**inputs).detach().float().cpu()
+    if label_table is not None and warped_label is not None and "fixed_label" in batch:
+        labels = range(1, label_table.num_classes)
+        out["dice_per_label"] = dice_per_label(warped_label, batch["fixed_label"], labels)
     return out
 
 
@@ -112,9 +118,13 @@ def evaluate(
 
     Returns a JSON-ready dict: ``summary`` and ``identity`` (means of each metric and
     ``runtime_s``), ``spread`` (standard deviations and ``dice30`` of both), and ``cases``
-    (per-pair values, ``before_``-prefixed for the identity).
+    (per-pair values, ``before_``-prefixed for the identity). With ``dice`` and a dataset that
+    has a ``label_table`` (its items hold table indices), ``dice_per_label`` gives the mean Dice of
+    every non-zero label over the pairs (NaN where no pair has it), keyed by the original value.
     """
     device = torch.device(device)
+    table = getattr(dataset, "label_table", None) if "dice" in metrics else None
+    per_label: list[torch.Tensor] = []
     if max_pairs is not None and len(dataset) > max_pairs:
         dataset = Subset(dataset, range(int(max_pairs)))
     built = {name: build("metric", name) for name in metrics}
@@ -132,7 +142,9 @@ def evaluate(
                 torch.cuda.synchronize(device)
             runtime = time.perf_counter() - start
             check_finite_output(out, _pair_name(batch, i))
-            after = evaluate_case(batch, out.ddf, built, label_warp, out)
+            after = evaluate_case(batch, out.ddf, built, label_warp, out, table)
+            if "dice_per_label" in after:
+                per_label.append(after.pop("dice_per_label")[0])
             before = evaluate_case(batch, torch.zeros_like(out.ddf), built, label_warp)
             if i == 0 and overview is not None:
                 try:
@@ -169,9 +181,13 @@ def evaluate(
         for c in cases
     ]
     trained, identity = summarize_cases(after_cases), summarize_cases(before_cases)
-    return {
+    result = {
         "summary": {k: v["mean"] for k, v in trained.items()},
         "identity": {k: v["mean"] for k, v in identity.items()},
         "spread": {"summary": trained, "identity": identity},
         "cases": cases,
     }
+    if per_label:
+        means = torch.stack(per_label).nanmean(0).tolist()
+        result["dice_per_label"] = dict(zip((str(v) for v in table.values[1:]), means))
+    return result

@@ -4,12 +4,18 @@ Kinds are ``backbone``, ``transformer`` (a *spatial* transformation model), ``lo
 ``model`` and ``dataset``. An entry is registered by decorating the function or class that builds
 it, in the spirit of timm::
 
-    @register_model("voxelmorph", summary="...", paper=VXM_2019, tags=("2d", "3d"))
-    def voxelmorph(ndim: int = 2, enc_features=(16, 32, 32, 32), ...) -> nn.Module: ...
+    @register_loss("lncc", summary="...")
+    def lncc(window: int = 9, eps: float = 1e-5) -> nn.Module: ...
 
-The entry *is* the recipe: its default configuration is the builder's keyword defaults (or an
-explicit dataclass), held as an OmegaConf structured config so that unknown keys and wrong types
-are rejected when a user overrides them.
+or, for a plugin's model, by naming its config dataclass and its implementation, imported only
+when the entry is built::
+
+    register_model("voxelmorph", summary="...", config=VoxelMorphConfig,
+                   target="regzoo_voxelmorph.model:VoxelMorph")
+
+The entry *is* the recipe: its default configuration is the typed config (the dataclass, or the
+builder's typed keyword parameters turned into one), held as an OmegaConf structured config so
+that unknown keys and wrong types are rejected when a user overrides them.
 
 Plugins are distributions that expose the entry-point group ``regzoo.plugins``; the entry point
 names a module whose import registers its entries. Discovery is lazy: nothing is imported until a
@@ -19,17 +25,23 @@ while everything else keeps working.
 
 from __future__ import annotations
 
+import collections.abc
+import copy
 import dataclasses
 import difflib
+import enum
 import fnmatch
 import importlib
 import inspect
+import pathlib
 import threading
 import traceback
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Optional, Union, overload
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -88,7 +100,11 @@ class Paper:
 
 @dataclass
 class Entry:
-    """One registered part: its builder, one-line summary, paper, tags and default config."""
+    """One registered part: its builder, one-line summary, paper, tags and default config.
+
+    ``target`` is the ``"module:attribute"`` the builder imports on its first call, for entries
+    registered with ``target=`` (``None`` for entries registered by decorating their builder).
+    """
 
     kind: str
     name: str
@@ -99,6 +115,7 @@ class Entry:
     config: type | None = None
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     plugin: str = "regzoo"
+    target: str | None = None
 
     def default_config(self) -> DictConfig:
         """The default configuration as a structured (key- and type-checked) OmegaConf node."""
@@ -137,28 +154,141 @@ class PluginStatus:
     rejected: list[str] = field(default_factory=list)
 
 
-def _config_from_signature(builder: Callable[..., Any], name: str) -> type:
-    """A dataclass whose fields are the builder's keyword parameters with their defaults.
+class LazyTarget:
+    """A builder named ``"package.module:attribute"``, imported on its first call.
 
-    Parameters without a default are required (``???`` in OmegaConf) and must be supplied when the
-    entry is built. Unannotated or complex annotations become ``Any``; tuples become lists.
+    Its ``__module__`` and ``__qualname__`` are the target's, so the registry attributes the entry
+    to the plugin that owns the module without importing it.
+    """
+
+    def __init__(self, target: str) -> None:
+        module, sep, attribute = target.partition(":")
+        if not sep or not module or not attribute or not attribute.replace(".", "").isidentifier():
+            raise ValueError(f"target must be 'package.module:attribute', got {target!r}")
+        self.target = target
+        self.__module__ = module
+        self.__qualname__ = attribute
+        self._loaded: Callable[..., Any] | None = None
+
+    def load(self) -> Callable[..., Any]:
+        """Import the module and return the attribute (a class or a function)."""
+        if self._loaded is None:
+            obj: Any = importlib.import_module(self.__module__)
+            for part in self.__qualname__.split("."):
+                try:
+                    obj = getattr(obj, part)
+                except AttributeError:
+                    raise ImportError(
+                        f"target {self.target!r}: {self.__module__} has no {self.__qualname__!r}"
+                    ) from None
+            self._loaded = obj
+        return self._loaded
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.load()(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"LazyTarget({self.target!r})"
+
+
+_PRIMITIVES = (int, float, bool, str)
+_SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence)
+_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+
+
+def _config_type(annotation: Any) -> Any:
+    """The OmegaConf field type of a builder's parameter annotation.
+
+    Primitives, enums and paths stay; ``X | None`` becomes ``Optional[X]``; sequences and tuples
+    become ``list[item]``, mappings ``dict[str, value]`` (items and values typed when primitive).
+    Unions of several types (``str | Mapping``) become ``Any``: the builder checks them.
+    """
+    if annotation in _PRIMITIVES or annotation is pathlib.Path:
+        return annotation
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Union or origin is types.UnionType:
+        rest = [a for a in args if a is not type(None)]
+        inner = _config_type(rest[0]) if len(rest) == 1 else Any
+        return Optional[inner] if inner is not Any and len(rest) < len(args) else inner
+    if annotation in _SEQUENCES or origin in _SEQUENCES:
+        items = {a for a in args if a is not Ellipsis}
+        item = items.pop() if len(items) == 1 else Any
+        return list[item if item in _PRIMITIVES else Any]
+    if annotation in _MAPPINGS or origin in _MAPPINGS:
+        value = args[1] if len(args) == 2 else Any
+        return dict[str, value if value in _PRIMITIVES else Any]
+    return Any
+
+
+def _type_hints(target: Callable[..., Any]) -> dict[str, Any]:
+    """Evaluated annotations of ``target`` (string annotations resolved in its module)."""
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # a name only imported under TYPE_CHECKING: resolve what can be
+        hints: dict[str, Any] = {}
+        namespace = getattr(target, "__globals__", {})
+        for key, text in getattr(target, "__annotations__", {}).items():
+            try:
+                hints[key] = eval(text, namespace) if isinstance(text, str) else text
+            except Exception:
+                hints[key] = Any
+        return hints
+
+
+def _config_from_signature(builder: Callable[..., Any], name: str) -> type:
+    """A dataclass whose fields are the builder's keyword parameters, typed and with defaults.
+
+    Each field has the parameter's annotation as an OmegaConf type (:func:`_config_type`;
+    unannotated: ``Any``), so ``width=abc`` for ``width: int`` is refused when the config is
+    merged. A parameter without a default is required (``???`` until supplied); a default of
+    ``None`` makes the field optional; tuples become lists.
     """
     target = builder.__init__ if inspect.isclass(builder) else builder
+    hints = _type_hints(target)
     fields = []
-    for p in list(inspect.signature(target).parameters.values()):
-        if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
+    for p in _parameters(builder):
+        ftype = _config_type(hints.get(p.name, Any))
         default = p.default
         if isinstance(default, tuple):
             default = list(default)
+        if default is None and ftype is not Any:
+            ftype = Optional[ftype]
         if default is inspect.Parameter.empty:
-            fields.append((p.name, Any, field(default="???")))
+            fields.append((p.name, ftype, field(default="???")))
         elif isinstance(default, (list, dict)):
-            fields.append((p.name, Any, field(default_factory=lambda d=default: d)))
+            fields.append((p.name, ftype, field(default_factory=lambda d=default: copy.deepcopy(d))))
         else:
-            fields.append((p.name, Any, field(default=default)))
+            fields.append((p.name, ftype, field(default=default)))
     cls_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Config"
     return dataclasses.make_dataclass(cls_name, fields)
+
+
+def _parameters(builder: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The builder's parameters; none for a class that inherits a generic constructor.
+
+    A class defining no ``__init__`` in its own package, whose inherited one takes only
+    ``*args, **kwargs`` (``torch.nn.Module``'s), is built without arguments.
+    """
+    params = list(inspect.signature(builder).parameters.values())
+    if inspect.isclass(builder) and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        owner = next(c for c in builder.__mro__ if "__init__" in vars(c))
+        if owner.__module__.split(".")[0] != builder.__module__.split(".")[0]:
+            return []
+    return params
+
+
+def _refuse_var_arguments(builder: Callable[..., Any], name: str) -> None:
+    """Refuse a builder taking ``*args`` or ``**kwargs``: those arguments would bypass its config."""
+    for p in _parameters(builder):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            star = "*" if p.kind is p.VAR_POSITIONAL else "**"
+            raise ValueError(
+                f"{name!r}: the builder {_qualname(builder)} takes {star}{p.name}, which its config "
+                "cannot describe; give every argument a type and a default, or register the "
+                "implementation with config= (a dataclass) and target='module:Class'"
+            )
 
 
 class Registry:
@@ -167,6 +297,32 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+
+    @overload
+    def register(
+        self,
+        name: str,
+        *,
+        summary: str,
+        paper: Paper | None = ...,
+        tags: Iterable[str] = ...,
+        config: type | None = ...,
+        presets: Mapping[str, Mapping[str, Any]] | None = ...,
+        target: None = ...,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]: ...
+
+    @overload
+    def register(
+        self,
+        name: str,
+        *,
+        summary: str,
+        paper: Paper | None = ...,
+        tags: Iterable[str] = ...,
+        config: type,
+        presets: Mapping[str, Mapping[str, Any]] | None = ...,
+        target: str,
+    ) -> Entry: ...
 
     def register(
         self,
@@ -177,23 +333,30 @@ class Registry:
         tags: Iterable[str] = (),
         config: type | None = None,
         presets: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator that registers a builder (function or class) under ``name``.
+        target: str | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]] | Entry:
+        """Register an entry: a decorator for its builder, or, with ``target``, the entry itself.
 
         Args:
             name: lowercase with dashes, unique within the kind.
             summary: one line for ``regzoo list``.
             paper: the publication the entry implements.
             tags: e.g. ``("2d", "3d", "diffeomorphic")``.
-            config: a dataclass of the builder's keyword arguments; by default derived from the
-                builder's signature.
+            config: a dataclass of the builder's keyword arguments with their types and defaults,
+                the one source of the entry's defaults; by default derived from the decorated
+                builder's typed signature (a builder with ``**kwargs`` is refused).
             presets: run presets (``quick``, ``paper``), each a nested mapping of overrides of
                 the ``train``/``data``/``eval``/``model`` sections.
+            target: ``"package.module:Class"`` built as ``Class(**config)``; the module is
+                imported when the entry is first built, so registering stays cheap. Needs
+                ``config``. Without ``target``, ``register`` returns a decorator.
         """
         if name != name.lower() or " " in name or "_" in name:
             raise ValueError(f"registry names are lowercase with dashes, got {name!r}")
+        if config is not None and not dataclasses.is_dataclass(config):
+            raise ValueError(f"{self.kind} {name!r}: config= must be a dataclass, got {config!r}")
 
-        def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
+        def add(builder: Callable[..., Any]) -> Entry:
             old = self._entries.get(name)
             if old is not None and _qualname(old.builder) != _qualname(builder):
                 taken = f"{self.kind} {name!r} is already registered by {old.plugin}"
@@ -201,8 +364,8 @@ class Registry:
                     raise ValueError(f"{taken} ({_qualname(old.builder)})")
                 # A plugin's clash fails that entry alone: its other entries stay usable.
                 _loading.status.rejected.append(f"{taken}; this plugin's one is ignored")
-                return builder
-            self._entries[name] = Entry(
+                return old
+            entry = Entry(
                 kind=self.kind,
                 name=name,
                 builder=builder,
@@ -212,9 +375,24 @@ class Registry:
                 config=config or _config_from_signature(builder, name),
                 presets=dict(presets or {}),
                 plugin=_loading.plugin or "regzoo",
+                target=target,
             )
+            self._entries[name] = entry
             if _loading.status is not None:
                 _loading.status.entries.append(f"{self.kind}:{name}")
+            return entry
+
+        if target is not None:
+            if config is None:
+                raise ValueError(
+                    f"{self.kind} {name!r}: target= needs config= (the target is not imported "
+                    "at registration, so its signature cannot give the config)"
+                )
+            return add(LazyTarget(target))
+
+        def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
+            _refuse_var_arguments(builder, name)
+            add(builder)
             return builder
 
         return decorator

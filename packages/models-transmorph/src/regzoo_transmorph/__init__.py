@@ -2,16 +2,15 @@
 
 Registers the models ``transmorph``, ``transmorph-tiny``, ``transmorph-small``,
 ``transmorph-large``, ``transmorph-diff``, ``transmorph-bspl``, ``transmorph-bayes`` (2D and 3D)
-and the backbones ``swin3d`` and ``swin2d``. Importing this module is cheap: the networks
-(:mod:`regzoo_transmorph.models`, :mod:`regzoo_transmorph.swin`) are imported when a builder runs.
+and the backbones ``swin3d`` and ``swin2d``. Each entry is a config dataclass of :mod:`regzoo_transmorph.configs` (the one source of its
+defaults) and a class of :mod:`regzoo_transmorph.models` or :mod:`regzoo_transmorph.swin`, imported
+with torch when the entry is built, so importing this module is cheap.
 
 Official checkpoints load with ``regzoo train/register/evaluate NAME --weights FILE`` or
 :func:`regzoo_transmorph.checkpoint.load_official_checkpoint`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from regzoo import register_backbone, register_model
 
@@ -30,24 +29,9 @@ from .configs import (
     presets,
 )
 
-__all__ = [
-    "build_transmorph",
-    "build_transmorph_diff",
-    "build_transmorph_bspl",
-    "build_transmorph_bayes",
-    "swin3d",
-    "swin2d",
-]
-
 __version__ = "0.1.0"
 
-
-def build_transmorph(**cfg: Any):
-    """:class:`~regzoo_transmorph.models.TransMorph` from a config (all four sizes)."""
-    from .models import TransMorph
-
-    return TransMorph(**cfg)
-
+_MODELS = "regzoo_transmorph.models:"
 
 for _name, _config, _size, _steps, _lr in (
     ("transmorph", TransMorphConfig, "46.8M parameters", 100, 1e-4),
@@ -67,78 +51,50 @@ for _name, _config, _size, _steps, _lr in (
         paper=TRANSMORPH_2022,
         tags=("2d", "3d", "swin"),
         config=_config,
+        target=_MODELS + "TransMorph",
         presets=presets(_steps, _lr),
-    )(build_transmorph)
+    )
 
-
-@register_model(
+register_model(
     "transmorph-diff",
     summary="Probabilistic diffeomorphic TransMorph: half-resolution SVF mean/variance, KL prior.",
     paper=TRANSMORPH_2022,
     tags=("2d", "3d", "swin", "diffeomorphic", "probabilistic"),
     config=TransMorphDiffConfig,
+    target=_MODELS + "TransMorphDiff",
     presets=presets(100, 1e-4, reg_weight=False),
 )
-def build_transmorph_diff(**cfg: Any):
-    """:class:`~regzoo_transmorph.models.TransMorphDiff` from a config."""
-    from .models import TransMorphDiff
-
-    return TransMorphDiff(**cfg)
-
-
-@register_model(
+register_model(
     "transmorph-bspl",
     summary="TransMorph with a cubic B-spline stationary velocity field (diffeomorphic).",
     paper=TRANSMORPH_2022,
     tags=("2d", "3d", "swin", "diffeomorphic", "bspline"),
     config=TransMorphBSplineConfig,
+    target=_MODELS + "TransMorphBSpline",
     presets=presets(100, 1e-4),
 )
-def build_transmorph_bspl(**cfg: Any):
-    """:class:`~regzoo_transmorph.models.TransMorphBSpline` from a config."""
-    from .models import TransMorphBSpline
-
-    return TransMorphBSpline(**cfg)
-
-
-@register_model(
+register_model(
     "transmorph-bayes",
     summary="TransMorph with Monte-Carlo dropout: mean field and per-voxel uncertainty.",
     paper=TRANSMORPH_2022,
     tags=("2d", "3d", "swin", "uncertainty"),
     config=TransMorphBayesConfig,
+    target=_MODELS + "TransMorphBayes",
     presets=presets(100, 1e-4),
 )
-def build_transmorph_bayes(**cfg: Any):
-    """:class:`~regzoo_transmorph.models.TransMorphBayes` from a config."""
-    from .models import TransMorphBayes
-
-    return TransMorphBayes(**cfg)
-
-
-@register_backbone(
+register_backbone(
     "swin3d",
     summary="TransMorph's 3D Swin encoder: shifted (5, 6, 7) windows, one feature map per stage.",
     paper=SWIN_2021,
     tags=("3d",),
     config=Swin3dConfig,
+    target="regzoo_transmorph.swin:SwinEncoder",
 )
-def swin3d(**cfg: Any):
-    """:class:`~regzoo_transmorph.swin.SwinEncoder` with ``ndim=3``."""
-    from .swin import SwinEncoder
-
-    return SwinEncoder(ndim=3, **cfg)
-
-
-@register_backbone(
+register_backbone(
     "swin2d",
     summary="TransMorph's 2D Swin encoder: shifted (8, 8) windows, one feature map per stage.",
     paper=SWIN_2021,
     tags=("2d",),
     config=Swin2dConfig,
+    target="regzoo_transmorph.swin:SwinEncoder",
 )
-def swin2d(**cfg: Any):
-    """:class:`~regzoo_transmorph.swin.SwinEncoder` with ``ndim=2``."""
-    from .swin import SwinEncoder
-
-    return SwinEncoder(ndim=2, **cfg)

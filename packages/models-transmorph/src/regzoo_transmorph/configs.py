@@ -2,8 +2,9 @@
 
 Values from the official ``configs_TransMorph*.py`` (Chen et al., Medical Image Analysis 82:102615,
 2022; doi 10.1016/j.media.2022.102615). The registry turns each into a type-checked OmegaConf node;
-every field is a keyword of the model class (``network`` fields go to :class:`TransMorphTrunk`).
-This module imports no torch, so registering the plugin stays cheap.
+every field is a keyword of the model class (``network`` fields go to :class:`TransMorphTrunk`),
+and the classes take their defaults from these dataclasses, so a class built directly is its
+registered entry. This module imports no torch, so registering the plugin stays cheap.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def _loss(**cfg: Any):
 
 @dataclass
 class _Network:
-    """Fields shared by every member: data dimensions and the Swin encoder + decoder sizes."""
+    """Fields shared by every member: data dimensions and the Swin encoder + decoder sizes.
+
+    ``window_size`` null: the official windows, (5, 6, 7) in 3D and (8, 8) in 2D.
+    """
 
     ndim: int = 3
     in_channels: int = 1
@@ -142,8 +146,8 @@ class TransMorphDiffConfig(_Network):
 @dataclass
 class TransMorphBSplineConfig(_Objective, _Network):
     """TransMorph-bspl: cubic B-spline velocity on control points every ``cps`` voxels
-    (None: 3 per axis), two 3x3 convolutions of ``resize_channels`` after resizing, 7 squarings;
-    Grad-l2 on the velocity."""
+    (``cps`` null: 3 voxels on every axis), two 3x3 convolutions of ``resize_channels`` after
+    resizing, 7 squarings; Grad-l2 on the velocity."""
 
     cps: Optional[list[int]] = None
     resize_channels: list[int] = _ints(32, 32)
@@ -162,6 +166,7 @@ class TransMorphBayesConfig(TransMorphConfig):
 class Swin3dConfig:
     """TransMorph's Swin encoder (3D windows (5, 6, 7))."""
 
+    ndim: int = 3
     in_channels: int = 2
     patch_size: int = 4
     embed_dim: int = 96
@@ -184,6 +189,7 @@ class Swin3dConfig:
 class Swin2dConfig(Swin3dConfig):
     """TransMorph's 2D Swin encoder (windows (8, 8), the official RaFD config)."""
 
+    ndim: int = 2
     window_size: list[int] = _ints(8, 8)
 
 

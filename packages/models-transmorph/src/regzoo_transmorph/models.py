@@ -28,6 +28,12 @@ from regzoo.spatial import control_grid_shape, integrate_velocity, warp
 
 from .bspline import bspline_to_dense
 from .checkpoint import load_official_checkpoint
+from .configs import (
+    TransMorphBayesConfig,
+    TransMorphBSplineConfig,
+    TransMorphConfig,
+    TransMorphDiffConfig,
+)
 from .network import (
     TransMorphTrunk,
     _drop_sampling_grid,
@@ -38,9 +44,11 @@ from .network import (
 
 __all__ = ["TransMorph", "TransMorphDiff", "TransMorphBSpline", "TransMorphBayes"]
 
-_SIMILARITY = {"name": "lncc"}  # window 9
-_REGULARIZER = {"name": "grad"}  # l2
-_SEGMENTATION = {"name": "dice"}
+# The registered entries' configs are the one source of the classes' defaults.
+_DEFAULTS = TransMorphConfig()
+_DIFF = TransMorphDiffConfig()
+_BSPLINE = TransMorphBSplineConfig()
+_BAYES = TransMorphBayesConfig()
 
 
 class _TransMorphModel(RegistrationModel):
@@ -80,24 +88,6 @@ class _TransMorphModel(RegistrationModel):
         return self.criterion(batch, out)
 
 
-def _criterion(
-    similarity: Mapping[str, Any] | None,
-    regularizer: Mapping[str, Any] | None,
-    reg_weight: float,
-    segmentation: Mapping[str, Any] | None,
-    seg_weight: float,
-    field: str,
-) -> RegistrationLoss:
-    return RegistrationLoss(
-        similarity=_SIMILARITY if similarity is None else similarity,
-        regularizer=_REGULARIZER if regularizer is None else regularizer,
-        reg_weight=reg_weight,
-        segmentation=_SEGMENTATION if segmentation is None else segmentation,
-        seg_weight=seg_weight,
-        field=field,
-    )
-
-
 class TransMorph(TransMorphTrunk, _TransMorphModel):
     """TransMorph: Swin encoder, convolutional decoder, dense displacement head.
 
@@ -109,7 +99,7 @@ class TransMorph(TransMorphTrunk, _TransMorphModel):
     Args:
         ndim: 2 or 3 (2D is the official RaFD variant: windows (8, 8), 2-channel head).
         in_channels: channels of each of the moving and fixed images (concatenated in the net).
-        similarity, regularizer, segmentation: registry loss configs (``None``: the defaults).
+        similarity, regularizer, segmentation: registry loss configs.
         reg_weight, seg_weight: their weights.
         **network: sizes of :class:`~regzoo_transmorph.network.TransMorphTrunk` (``embed_dim``,
             ``depths``, ``num_heads``, ``window_size``, ``use_checkpoint``, ...).
@@ -117,18 +107,18 @@ class TransMorph(TransMorphTrunk, _TransMorphModel):
 
     def __init__(
         self,
-        ndim: int = 3,
-        in_channels: int = 1,
-        similarity: Mapping[str, Any] | None = None,
-        regularizer: Mapping[str, Any] | None = None,
-        reg_weight: float = 1.0,
-        segmentation: Mapping[str, Any] | None = None,
-        seg_weight: float = 0.0,
+        ndim: int = _DEFAULTS.ndim,
+        in_channels: int = _DEFAULTS.in_channels,
+        similarity: Mapping[str, Any] = _DEFAULTS.similarity,
+        regularizer: Mapping[str, Any] = _DEFAULTS.regularizer,
+        reg_weight: float = _DEFAULTS.reg_weight,
+        segmentation: Mapping[str, Any] = _DEFAULTS.segmentation,
+        seg_weight: float = _DEFAULTS.seg_weight,
         **network: Any,
     ) -> None:
         super().__init__(ndim=ndim, in_channels=2 * in_channels, full_resolution=True, **network)
         self.reg_head = registration_head(ndim, self.out_channels)
-        self.criterion = _criterion(
+        self.criterion = RegistrationLoss(
             similarity, regularizer, reg_weight, segmentation, seg_weight, field="ddf"
         )
 
@@ -165,13 +155,13 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
 
     def __init__(
         self,
-        ndim: int = 3,
-        in_channels: int = 1,
-        reg_head_chan: int = 16,
-        int_steps: int = 7,
-        image_sigma: float = 0.01,
-        prior_lambda: float = 10.0,
-        prior_lambda_mean: float = 10.0,
+        ndim: int = _DIFF.ndim,
+        in_channels: int = _DIFF.in_channels,
+        reg_head_chan: int = _DIFF.reg_head_chan,
+        int_steps: int = _DIFF.int_steps,
+        image_sigma: float = _DIFF.image_sigma,
+        prior_lambda: float = _DIFF.prior_lambda,
+        prior_lambda_mean: float = _DIFF.prior_lambda_mean,
         **network: Any,
     ) -> None:
         super().__init__(
@@ -251,16 +241,16 @@ class TransMorphBSpline(TransMorphTrunk, _TransMorphModel):
 
     def __init__(
         self,
-        ndim: int = 3,
-        in_channels: int = 1,
-        cps: Sequence[int] | None = None,
-        resize_channels: Sequence[int] = (32, 32),
-        int_steps: int = 7,
-        similarity: Mapping[str, Any] | None = None,
-        regularizer: Mapping[str, Any] | None = None,
-        reg_weight: float = 1.0,
-        segmentation: Mapping[str, Any] | None = None,
-        seg_weight: float = 0.0,
+        ndim: int = _BSPLINE.ndim,
+        in_channels: int = _BSPLINE.in_channels,
+        cps: Sequence[int] | None = _BSPLINE.cps,
+        resize_channels: Sequence[int] = _BSPLINE.resize_channels,
+        int_steps: int = _BSPLINE.int_steps,
+        similarity: Mapping[str, Any] = _BSPLINE.similarity,
+        regularizer: Mapping[str, Any] = _BSPLINE.regularizer,
+        reg_weight: float = _BSPLINE.reg_weight,
+        segmentation: Mapping[str, Any] = _BSPLINE.segmentation,
+        seg_weight: float = _BSPLINE.seg_weight,
         **network: Any,
     ) -> None:
         super().__init__(ndim=ndim, in_channels=2 * in_channels, full_resolution=False, **network)
@@ -278,7 +268,7 @@ class TransMorphBSpline(TransMorphTrunk, _TransMorphModel):
         self.out_layer = conv(widths[-1], ndim, 3, padding=1)
         nn.init.kaiming_uniform_(self.out_layer.weight, a=0.0)
         self.int_steps = int_steps
-        self.criterion = _criterion(
+        self.criterion = RegistrationLoss(
             similarity, regularizer, reg_weight, segmentation, seg_weight, field="velocity"
         )
 
@@ -325,14 +315,14 @@ class TransMorphBayes(_TransMorphModel):
 
     def __init__(
         self,
-        ndim: int = 3,
-        in_channels: int = 1,
-        mc_drop: float = 0.15,
-        similarity: Mapping[str, Any] | None = None,
-        regularizer: Mapping[str, Any] | None = None,
-        reg_weight: float = 1.0,
-        segmentation: Mapping[str, Any] | None = None,
-        seg_weight: float = 0.0,
+        ndim: int = _BAYES.ndim,
+        in_channels: int = _BAYES.in_channels,
+        mc_drop: float = _BAYES.mc_drop,
+        similarity: Mapping[str, Any] = _BAYES.similarity,
+        regularizer: Mapping[str, Any] = _BAYES.regularizer,
+        reg_weight: float = _BAYES.reg_weight,
+        segmentation: Mapping[str, Any] = _BAYES.segmentation,
+        seg_weight: float = _BAYES.seg_weight,
         **network: Any,
     ) -> None:
         super().__init__()
@@ -341,7 +331,7 @@ class TransMorphBayes(_TransMorphModel):
             ndim=ndim, in_channels=2 * in_channels, full_resolution=True, mc_drop=mc_drop, **network
         )
         self.reg_head = registration_head(ndim, self.net.out_channels)
-        self.criterion = _criterion(
+        self.criterion = RegistrationLoss(
             similarity, regularizer, reg_weight, segmentation, seg_weight, field="ddf"
         )
         self._register_load_state_dict_pre_hook(_drop_sampling_grid)

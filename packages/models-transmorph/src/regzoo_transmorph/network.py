@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from regzoo.nn import conv_nd, interpolation_mode, norm_nd
 
+from .configs import TransMorphConfig
 from .swin import SwinEncoder
 
 __all__ = [
@@ -100,6 +101,10 @@ def _drop_sampling_grid(state_dict, prefix, *args) -> None:
     state_dict.pop(prefix + "spatial_trans.grid", None)
 
 
+# TransMorph's config is the one source of the network's defaults.
+_DEFAULTS = TransMorphConfig()
+
+
 class TransMorphTrunk(nn.Module):
     """Swin encoder + decoder of TransMorph, up to the last feature map before a head.
 
@@ -129,25 +134,25 @@ class TransMorphTrunk(nn.Module):
 
     def __init__(
         self,
-        ndim: int = 3,
+        ndim: int = _DEFAULTS.ndim,
         in_channels: int = 2,
-        patch_size: int = 4,
-        embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 4, 2),
-        num_heads: Sequence[int] = (4, 4, 8, 8),
-        window_size: Sequence[int] | None = None,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.3,
-        rpe: bool = True,
-        patch_norm: bool = True,
-        if_transskip: bool = True,
-        if_convskip: bool = True,
-        reg_head_chan: int = 16,
+        patch_size: int = _DEFAULTS.patch_size,
+        embed_dim: int = _DEFAULTS.embed_dim,
+        depths: Sequence[int] = _DEFAULTS.depths,
+        num_heads: Sequence[int] = _DEFAULTS.num_heads,
+        window_size: Sequence[int] | None = _DEFAULTS.window_size,
+        mlp_ratio: float = _DEFAULTS.mlp_ratio,
+        qkv_bias: bool = _DEFAULTS.qkv_bias,
+        drop_rate: float = _DEFAULTS.drop_rate,
+        drop_path_rate: float = _DEFAULTS.drop_path_rate,
+        rpe: bool = _DEFAULTS.rpe,
+        patch_norm: bool = _DEFAULTS.patch_norm,
+        if_transskip: bool = _DEFAULTS.if_transskip,
+        if_convskip: bool = _DEFAULTS.if_convskip,
+        reg_head_chan: int = _DEFAULTS.reg_head_chan,
         up3_channels: int | None = None,
         full_resolution: bool = True,
-        use_checkpoint: bool = False,
+        use_checkpoint: bool = _DEFAULTS.use_checkpoint,
         mc_drop: float = 0.0,
     ) -> None:
         super().__init__()

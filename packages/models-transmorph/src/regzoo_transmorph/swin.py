@@ -33,6 +33,8 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .configs import Swin3dConfig
+
 __all__ = [
     "MCDropout",
     "WindowAttention",
@@ -440,6 +442,10 @@ class SwinStage(nn.Module):
         return x, (self.downsample(x) if self.downsample is not None else None)
 
 
+# The swin3d entry's config is the one source of the encoder's defaults.
+_DEFAULTS = Swin3dConfig()
+
+
 class SwinEncoder(nn.Module):
     """Hierarchical Swin encoder: patch embedding, stages with patch merging, a LayerNorm per output.
 
@@ -472,23 +478,23 @@ class SwinEncoder(nn.Module):
 
     def __init__(
         self,
-        ndim: int = 3,
-        in_channels: int = 2,
-        patch_size: int = 4,
-        embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 4, 2),
-        num_heads: Sequence[int] = (4, 4, 8, 8),
-        window_size: Sequence[int] = (5, 6, 7),
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.3,
-        rpe: bool = True,
-        patch_norm: bool = True,
-        out_indices: Sequence[int] = (0, 1, 2, 3),
-        use_checkpoint: bool = False,
-        mc_drop: float = 0.0,
+        ndim: int = _DEFAULTS.ndim,
+        in_channels: int = _DEFAULTS.in_channels,
+        patch_size: int = _DEFAULTS.patch_size,
+        embed_dim: int = _DEFAULTS.embed_dim,
+        depths: Sequence[int] = _DEFAULTS.depths,
+        num_heads: Sequence[int] = _DEFAULTS.num_heads,
+        window_size: Sequence[int] = _DEFAULTS.window_size,
+        mlp_ratio: float = _DEFAULTS.mlp_ratio,
+        qkv_bias: bool = _DEFAULTS.qkv_bias,
+        drop_rate: float = _DEFAULTS.drop_rate,
+        attn_drop_rate: float = _DEFAULTS.attn_drop_rate,
+        drop_path_rate: float = _DEFAULTS.drop_path_rate,
+        rpe: bool = _DEFAULTS.rpe,
+        patch_norm: bool = _DEFAULTS.patch_norm,
+        out_indices: Sequence[int] = _DEFAULTS.out_indices,
+        use_checkpoint: bool = _DEFAULTS.use_checkpoint,
+        mc_drop: float = _DEFAULTS.mc_drop,
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):

@@ -1,7 +1,8 @@
 """VoxelMorph for regzoo: the reference plugin.
 
-Registers three models; importing this module is cheap (the network code in
-:mod:`regzoo_voxelmorph.model` and torch load when a model is built):
+Registers three models, each a config dataclass here (the one source of its defaults) and the
+class :class:`regzoo_voxelmorph.model.VoxelMorph`, imported with torch when a model is built, so
+importing this module is cheap:
 
 - ``voxelmorph``: VoxelMorph-2 (Balakrishnan et al., IEEE TMI 2019), decoder
   ``[32, 32, 32, 32, 32, 16, 16]``; ``model.transformer=svf`` makes it diffeomorphic
@@ -44,7 +45,13 @@ DALCA_2018 = Paper(
 
 @dataclass
 class VoxelMorphConfig:
-    """VoxelMorph-2 as in the TMI paper: LNCC (window 9) + 1.0 x Grad-l2, dense field."""
+    """VoxelMorph-2 as in the TMI paper: LNCC (window 9) + 1.0 x Grad-l2, dense field.
+
+    The defaults of :class:`~regzoo_voxelmorph.model.VoxelMorph` (see its arguments). Nullable
+    fields: ``similarity``, ``regularizer`` or ``segmentation`` null: the objective has no such
+    term; ``num_labels`` null: the classes of the label maps are the largest label in the batch
+    plus one.
+    """
 
     ndim: int = 2
     in_channels: int = 1
@@ -53,6 +60,7 @@ class VoxelMorphConfig:
     nb_conv_per_level: int = 1
     half_res: bool = False
     transformer: Any = "dense"
+    probabilistic: bool = False
     similarity: Optional[dict[str, Any]] = field(default_factory=lambda: {"name": "lncc"})
     regularizer: Optional[dict[str, Any]] = field(
         default_factory=lambda: {"name": "grad", "penalty": "l2"}
@@ -61,6 +69,7 @@ class VoxelMorphConfig:
     segmentation: Optional[dict[str, Any]] = field(default_factory=lambda: {"name": "dice"})
     seg_weight: float = 0.0
     num_labels: Optional[int] = None
+    prior_lambda: float = 10.0
 
 
 @dataclass
@@ -73,16 +82,17 @@ class VoxelMorph1Config(VoxelMorphConfig):
 @dataclass
 class VoxelMorphDiffConfig(VoxelMorphConfig):
     """The MICCAI 2018 network: decoder ``[32, 32, 32, 32, 16]`` ending at half resolution, where
-    the velocity mean and log variance are predicted and integrated (7 steps), then upsampled."""
+    the velocity mean and log variance are predicted and integrated (7 steps), then upsampled.
+    ``regularizer`` is null: the KL prior (``prior_lambda``) is its only regulariser."""
 
     dec_features: list[int] = field(default_factory=lambda: [32, 32, 32, 32, 16])
     half_res: bool = True
     transformer: Any = "svf"
+    probabilistic: bool = True
     similarity: Optional[dict[str, Any]] = field(
         default_factory=lambda: {"name": "mse", "image_sigma": 0.02}
     )
     regularizer: Optional[dict[str, Any]] = None
-    prior_lambda: float = 10.0
 
 
 def _paper_schedule(**model: Any) -> dict[str, Any]:
@@ -99,50 +109,37 @@ _QUICK = {"train": {"steps": 1500, "lr": 1e-3, "batch_size": 4}}
 _PAPER = _paper_schedule(similarity={"name": "lncc"}, reg_weight=1.0)
 
 
-def _create(**kwargs: Any) -> Any:
-    from .model import VoxelMorph
+_TARGET = "regzoo_voxelmorph.model:VoxelMorph"
 
-    return VoxelMorph(**kwargs)
-
-
-@register_model(
+register_model(
     "voxelmorph",
     summary="VoxelMorph-2: U-Net on the image pair to a dense (or SVF) displacement field.",
     paper=BALAKRISHNAN_2019,
     tags=("2d", "3d", "unsupervised", "semi-supervised"),
     config=VoxelMorphConfig,
+    target=_TARGET,
     presets={"quick": _QUICK, "paper": _PAPER},
 )
-def voxelmorph(**kwargs: Any) -> Any:
-    """VoxelMorph-2 (Balakrishnan et al. 2019); see :class:`VoxelMorphConfig`."""
-    return _create(**kwargs)
-
-
-@register_model(
+register_model(
     "voxelmorph-1",
     summary="VoxelMorph-1: VoxelMorph with the narrower decoder [32, 32, 32, 32, 8, 8].",
     paper=BALAKRISHNAN_2019,
     tags=("2d", "3d", "unsupervised", "semi-supervised"),
     config=VoxelMorph1Config,
+    target=_TARGET,
     presets={"quick": _QUICK, "paper": _PAPER},
 )
-def voxelmorph_1(**kwargs: Any) -> Any:
-    """VoxelMorph-1 (Balakrishnan et al. 2019); see :class:`VoxelMorph1Config`."""
-    return _create(**kwargs)
-
-
-@register_model(
+# Dalca et al. MICCAI 2018, extended in Medical Image Analysis 57:226-236, 2019
+# (doi:10.1016/j.media.2019.07.006).
+register_model(
     "voxelmorph-diff",
     summary="Probabilistic diffeomorphic VoxelMorph: sampled SVF at half resolution, KL prior.",
     paper=DALCA_2018,
     tags=("2d", "3d", "unsupervised", "diffeomorphic", "probabilistic"),
     config=VoxelMorphDiffConfig,
+    target=_TARGET,
     presets={
         "quick": {"train": {"steps": 600, "lr": 1e-3, "batch_size": 4}},
         "paper": _paper_schedule(),
     },
 )
-def voxelmorph_diff(**kwargs: Any) -> Any:
-    """VoxelMorph-diff (Dalca et al. MICCAI 2018; extended in Medical Image Analysis 57:226-236,
-    2019, doi:10.1016/j.media.2019.07.006); see :class:`VoxelMorphDiffConfig`."""
-    return _create(probabilistic=True, **kwargs)

@@ -35,7 +35,12 @@ from regzoo.models import Batch, RegistrationLoss, RegistrationModel, Registrati
 from regzoo.nn import conv_nd
 from regzoo.spatial import warp
 
+from . import VoxelMorphConfig
+
 __all__ = ["VoxelMorph"]
+
+# The registered entry's config is the one source of the defaults below.
+_DEFAULTS = VoxelMorphConfig()
 
 
 def _as_config(part: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -64,25 +69,28 @@ class VoxelMorph(RegistrationModel):
             (:meth:`~regzoo.models.RegistrationModel.warp_moving_labels`).
         prior_lambda: precision of the KL prior added to the objective (probabilistic only;
             official 10; VoxelMorph-diff has no other regulariser).
+
+    The defaults are ``voxelmorph``'s (:class:`regzoo_voxelmorph.VoxelMorphConfig`); a ``None``
+    loss config leaves that term out of the objective.
     """
 
     def __init__(
         self,
-        ndim: int = 2,
-        in_channels: int = 1,
-        enc_features: Sequence[int] = (16, 32, 32, 32),
-        dec_features: Sequence[int] = (32, 32, 32, 32, 32, 16, 16),
-        nb_conv_per_level: int = 1,
-        half_res: bool = False,
-        transformer: str | Mapping[str, Any] = "dense",
-        probabilistic: bool = False,
-        similarity: Mapping[str, Any] | None = None,
-        regularizer: Mapping[str, Any] | None = None,
-        reg_weight: float = 1.0,
-        segmentation: Mapping[str, Any] | None = None,
-        seg_weight: float = 0.0,
-        num_labels: int | None = None,
-        prior_lambda: float = 10.0,
+        ndim: int = _DEFAULTS.ndim,
+        in_channels: int = _DEFAULTS.in_channels,
+        enc_features: Sequence[int] = _DEFAULTS.enc_features,
+        dec_features: Sequence[int] = _DEFAULTS.dec_features,
+        nb_conv_per_level: int = _DEFAULTS.nb_conv_per_level,
+        half_res: bool = _DEFAULTS.half_res,
+        transformer: str | Mapping[str, Any] = _DEFAULTS.transformer,
+        probabilistic: bool = _DEFAULTS.probabilistic,
+        similarity: Mapping[str, Any] | None = _DEFAULTS.similarity,
+        regularizer: Mapping[str, Any] | None = _DEFAULTS.regularizer,
+        reg_weight: float = _DEFAULTS.reg_weight,
+        segmentation: Mapping[str, Any] | None = _DEFAULTS.segmentation,
+        seg_weight: float = _DEFAULTS.seg_weight,
+        num_labels: int | None = _DEFAULTS.num_labels,
+        prior_lambda: float = _DEFAULTS.prior_lambda,
     ) -> None:
         super().__init__()
         self.ndim = ndim

@@ -6,8 +6,9 @@ Image Registration", MICCAI 2019 (arXiv:1907.09200); official code ``biomedia-mi
 Eight registered models, all configs of one :class:`regzoo_istn.model.ISTN` (the paper defines them
 as the same networks trained with different losses): ``istn-e-*`` / ``istn-i-*`` (explicit /
 implicit ITN training), ``stn-u-*`` (image similarity only) and ``stn-s-*`` (structure supervised),
-each with an ``affine`` or a ``bspline`` STN. Importing this module is cheap: the networks are
-imported when a model is built.
+each with an ``affine`` or a ``bspline`` STN. :class:`ISTNConfig` here is the one source of the
+defaults; the class is imported with torch when a model is built, so importing this module is
+cheap.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ ISTN_2019 = Paper(
 
 @dataclass
 class ISTNConfig:
-    """Keyword arguments of :class:`regzoo_istn.model.ISTN` with the paper's defaults."""
+    """Keyword arguments of :class:`regzoo_istn.model.ISTN` with the paper's defaults.
+
+    ``size`` null: the paper's size (128 in 2D, 64 in 3D); otherwise an int or one per axis.
+    """
 
     ndim: int = 2
     in_channels: int = 1
@@ -46,12 +50,6 @@ class ISTNConfig:
     heatmap_sigma: float = 2.0
     num_labels: int = 0
     itn_activation: str = "leaky_relu"
-
-
-def _build(**config: Any) -> Any:
-    from .model import ISTN
-
-    return ISTN(**config)
 
 
 def import_official(*args: Any, **kwargs: Any) -> Any:
@@ -132,11 +130,12 @@ for _prefix, (_variant, _summary, _tag) in _VARIANTS.items():
             paper=ISTN_2019,
             tags=_tags,
             config=_config,
+            target="regzoo_istn.model:ISTN",
             presets={
                 "quick": _QUICK,
                 "paper": _PAPER_2D,
                 "paper-3d": _paper_3d(_transformer),
                 "test": _TEST,
             },
-        )(_build)
+        )
         MODELS.append(_name)

@@ -36,6 +36,7 @@ from regzoo.errors import ConfigError, DataError, UserError
 from regzoo.models import RegistrationModel, RegistrationOutput
 from regzoo.spatial import affine_from_normalised, affine_to_ddf, resize_field, warp
 
+from . import ISTNConfig
 from .networks import ITN, AffineSTN, BSplineSTN
 from .structures import label_structure, landmark_heatmap
 
@@ -43,6 +44,8 @@ __all__ = ["ISTN", "VARIANTS", "TRANSFORMERS", "PAPER_SIZE", "import_official"]
 
 VARIANTS = ("e", "i", "u", "s")
 TRANSFORMERS = ("affine", "bspline")
+# The registered entries' config is the one source of the defaults (istn-e-affine's).
+_DEFAULTS = ISTNConfig()
 # Image size of the paper's experiments: 2D synthetic 128², 3D brain 64³ at 3 mm.
 PAPER_SIZE = {2: 128, 3: 64}
 
@@ -86,19 +89,19 @@ class ISTN(RegistrationModel):
 
     def __init__(
         self,
-        ndim: int = 2,
-        in_channels: int = 1,
-        variant: str = "e",
-        transformer: str = "affine",
-        size: int | Sequence[int] | None = None,
-        spacing: int = 10,
-        max_displacement: float = 0.2,
-        max_translation: float = 0.1,
-        structure: str = "auto",
-        structure_labels: Sequence[int] = (),
-        heatmap_sigma: float = 2.0,
-        num_labels: int = 0,
-        itn_activation: str = "leaky_relu",
+        ndim: int = _DEFAULTS.ndim,
+        in_channels: int = _DEFAULTS.in_channels,
+        variant: str = _DEFAULTS.variant,
+        transformer: str = _DEFAULTS.transformer,
+        size: int | Sequence[int] | None = _DEFAULTS.size,
+        spacing: int = _DEFAULTS.spacing,
+        max_displacement: float = _DEFAULTS.max_displacement,
+        max_translation: float = _DEFAULTS.max_translation,
+        structure: str = _DEFAULTS.structure,
+        structure_labels: Sequence[int] = _DEFAULTS.structure_labels,
+        heatmap_sigma: float = _DEFAULTS.heatmap_sigma,
+        num_labels: int = _DEFAULTS.num_labels,
+        itn_activation: str = _DEFAULTS.itn_activation,
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):

@@ -4,13 +4,15 @@ Fengze Liu et al., ECCV 2020 (arXiv 2005.12209). Registers the models ``jssr`` a
 ``jssr-mi-baseline`` (its register alone, trained with mutual information), the datasets
 ``synth-two-contrast`` (synthetic pairs with one contrast per modality, JSSR's set-up) and
 ``folder-multimodal`` (NIfTI files with a modality per file), and the metrics
-``seg-dice-moving`` / ``seg-dice-fixed`` (Dice of a model's segmentations). The networks are
-imported when a model is built (the datasets, subclasses of core's, import torch with the package).
+``seg-dice-moving`` / ``seg-dice-fixed`` (Dice of a model's segmentations). The models' configs
+(:class:`JSSRConfig`, :class:`MIBaselineConfig`) are the one source of their defaults; the
+networks are imported when a model is built (the datasets, subclasses of core's, import torch
+with the package).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from regzoo import Paper, register_metric, register_model
@@ -21,8 +23,8 @@ from .data import ModalityFolderDataset, TwoContrastSynth
 __all__ = [
     "JSSR_2020",
     "PRESETS",
-    "jssr",
-    "jssr_mi_baseline",
+    "JSSRConfig",
+    "MIBaselineConfig",
     "seg_dice_moving",
     "seg_dice_fixed",
     "TwoContrastSynth",
@@ -108,61 +110,67 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@register_model(
+def _part(**config: Any) -> Any:
+    return field(default_factory=lambda: dict(config))
+
+
+@dataclass
+class JSSRConfig:
+    """JSSR (:class:`regzoo_jssr.model.JSSR`): G, D, Phi (VoxelMorph U-Net + ``dense``), S.
+
+    ``generator`` and ``discriminator`` are keyword arguments of the networks, ``backbone``,
+    ``transformer`` and ``segmentor`` registry configs. ``num_classes`` must match the labels of
+    the data (``data.num_labels`` for ``synth``).
+    """
+
+    ndim: int = 3
+    in_channels: int = 1
+    num_classes: int = 16
+    generator: dict[str, Any] = _part(
+        features=[32, 64, 128, 256], norm="instance", output="sigmoid"
+    )
+    discriminator: dict[str, Any] = _part(features=64, layers=3, norm="instance")
+    backbone: dict[str, Any] = _part(name="vxm-unet")
+    transformer: dict[str, Any] = _part(name="dense")
+    segmentor: dict[str, Any] = _part(name="vxm-unet")
+    gan_loss: str = "bce"
+    gan_weight: float = 1.0
+    smooth_weight: float = 1.0
+    seg_weight: float = 1.0
+    seg_ce_weight: float = 0.0
+    stage_steps: list[int] = field(default_factory=lambda: [1000, 1000, 2000])
+
+
+@dataclass
+class MIBaselineConfig:
+    """Phi of JSSR (same backbone and transformer) on the raw pair, ``-MI + w ||grad tau||^2``
+    (:class:`regzoo_jssr.baseline.MIRegistration`)."""
+
+    ndim: int = 3
+    in_channels: int = 1
+    backbone: dict[str, Any] = _part(name="vxm-unet")
+    transformer: dict[str, Any] = _part(name="dense")
+    similarity: dict[str, Any] = _part(name="mi")
+    smooth_weight: float = 1.0
+
+
+register_model(
     "jssr",
     summary="Joint synthesis (GAN), segmentation and registration for multimodal pairs, 3 stages.",
     paper=JSSR_2020,
     tags=("2d", "3d", "multimodal", "joint-seg", "synthesis", "gan"),
+    config=JSSRConfig,
+    target="regzoo_jssr.model:JSSR",
     presets=PRESETS,
 )
-def jssr(
-    ndim: int = 3,
-    in_channels: int = 1,
-    num_classes: int = 16,
-    generator: Mapping[str, Any] = {
-        "features": [32, 64, 128, 256],
-        "norm": "instance",
-        "output": "sigmoid",
-    },  # noqa: B006
-    discriminator: Mapping[str, Any] = {"features": 64, "layers": 3, "norm": "instance"},  # noqa: B006
-    backbone: Mapping[str, Any] = {"name": "vxm-unet"},  # noqa: B006
-    transformer: Mapping[str, Any] = {"name": "dense"},  # noqa: B006
-    segmentor: Mapping[str, Any] = {"name": "vxm-unet"},  # noqa: B006
-    gan_loss: str = "bce",
-    gan_weight: float = 1.0,
-    smooth_weight: float = 1.0,
-    seg_weight: float = 1.0,
-    seg_ce_weight: float = 0.0,
-    stage_steps: Sequence[int] = (1000, 1000, 2000),
-) -> Any:
-    """JSSR (see :class:`regzoo_jssr.model.JSSR`): G, D, Phi (VoxelMorph U-Net + ``dense``), S.
-
-    ``num_classes`` must match the labels of the data (``data.num_labels`` for ``synth``).
-    """
-    from .model import JSSR
-
-    return JSSR(
-        ndim=ndim,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        generator=generator,
-        discriminator=discriminator,
-        backbone=backbone,
-        transformer=transformer,
-        segmentor=segmentor,
-        gan_loss=gan_loss,
-        gan_weight=gan_weight,
-        smooth_weight=smooth_weight,
-        seg_weight=seg_weight,
-        seg_ce_weight=seg_ce_weight,
-        stage_steps=stage_steps,
-    )
-
-
-@register_model(
+# Its quick preset is JSSR's (same data, steps, learning-rate schedule and smoothness weight), so
+# `regzoo train jssr` and `regzoo train jssr-mi-baseline` compare the two.
+register_model(
     "jssr-mi-baseline",
     summary="Registration-only baseline for JSSR: its register Phi trained with mutual information.",
     tags=("2d", "3d", "multimodal", "baseline"),
+    config=MIBaselineConfig,
+    target="regzoo_jssr.baseline:MIRegistration",
     presets={
         "quick": {
             "data": PRESETS["quick"]["data"],
@@ -172,22 +180,6 @@ def jssr(
         "test": {"model": {"backbone": PRESETS["test"]["model"]["backbone"]}},
     },
 )
-def jssr_mi_baseline(
-    ndim: int = 3,
-    in_channels: int = 1,
-    backbone: Mapping[str, Any] = {"name": "vxm-unet"},  # noqa: B006
-    transformer: Mapping[str, Any] = {"name": "dense"},  # noqa: B006
-    similarity: Mapping[str, Any] = {"name": "mi"},  # noqa: B006
-    smooth_weight: float = 1.0,
-) -> Any:
-    """Phi of JSSR (same backbone and transformer) on the raw pair, ``-MI + w ||grad tau||^2``.
-
-    Its quick preset is JSSR's (same data, steps, learning-rate schedule and smoothness weight),
-    so ``regzoo train jssr`` and ``regzoo train jssr-mi-baseline`` compare the two.
-    """
-    from .baseline import MIRegistration
-
-    return MIRegistration(ndim, in_channels, backbone, transformer, similarity, smooth_weight)
 
 
 @register_metric(

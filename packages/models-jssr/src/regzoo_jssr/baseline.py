@@ -16,9 +16,13 @@ import torch
 from regzoo.models import Batch, RegistrationLoss, RegistrationModel, RegistrationOutput
 from regzoo.spatial import warp
 
+from . import MIBaselineConfig
 from .networks import Register
 
 __all__ = ["MIRegistration"]
+
+# The registered entry's config is the one source of the defaults.
+_DEFAULTS = MIBaselineConfig()
 
 
 class MIRegistration(RegistrationModel):
@@ -35,12 +39,12 @@ class MIRegistration(RegistrationModel):
 
     def __init__(
         self,
-        ndim: int,
-        in_channels: int,
-        backbone: Mapping[str, Any],
-        transformer: Mapping[str, Any],
-        similarity: Mapping[str, Any],
-        smooth_weight: float = 1.0,
+        ndim: int = _DEFAULTS.ndim,
+        in_channels: int = _DEFAULTS.in_channels,
+        backbone: Mapping[str, Any] = _DEFAULTS.backbone,
+        transformer: Mapping[str, Any] = _DEFAULTS.transformer,
+        similarity: Mapping[str, Any] = _DEFAULTS.similarity,
+        smooth_weight: float = _DEFAULTS.smooth_weight,
     ) -> None:
         super().__init__()
         self.register_net = Register(ndim, in_channels, backbone, transformer)

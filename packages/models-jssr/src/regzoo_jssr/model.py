@@ -45,12 +45,15 @@ from regzoo.labels import one_hot
 from regzoo.models import Batch, RegistrationModel, RegistrationOutput
 from regzoo.spatial import warp
 
+from . import JSSRConfig
 from .networks import Generator, PatchDiscriminator, Register, Segmentor
 
 __all__ = ["JSSR", "STAGES"]
 
 STAGES: tuple[str, str, str] = ("pretrain-seg", "pretrain-synth-reg", "joint")
 _GAN_LOSSES = ("bce", "lsgan")
+# The registered entry's config is the one source of the defaults.
+_DEFAULTS = JSSRConfig()
 
 
 class JSSR(RegistrationModel):
@@ -77,20 +80,20 @@ class JSSR(RegistrationModel):
 
     def __init__(
         self,
-        ndim: int,
-        in_channels: int,
-        num_classes: int,
-        generator: Mapping[str, Any],
-        discriminator: Mapping[str, Any],
-        backbone: Mapping[str, Any],
-        transformer: Mapping[str, Any],
-        segmentor: Mapping[str, Any],
-        gan_loss: str = "bce",
-        gan_weight: float = 1.0,
-        smooth_weight: float = 1.0,
-        seg_weight: float = 1.0,
-        seg_ce_weight: float = 0.0,
-        stage_steps: Sequence[int] = (1000, 1000, 2000),
+        ndim: int = _DEFAULTS.ndim,
+        in_channels: int = _DEFAULTS.in_channels,
+        num_classes: int = _DEFAULTS.num_classes,
+        generator: Mapping[str, Any] = _DEFAULTS.generator,
+        discriminator: Mapping[str, Any] = _DEFAULTS.discriminator,
+        backbone: Mapping[str, Any] = _DEFAULTS.backbone,
+        transformer: Mapping[str, Any] = _DEFAULTS.transformer,
+        segmentor: Mapping[str, Any] = _DEFAULTS.segmentor,
+        gan_loss: str = _DEFAULTS.gan_loss,
+        gan_weight: float = _DEFAULTS.gan_weight,
+        smooth_weight: float = _DEFAULTS.smooth_weight,
+        seg_weight: float = _DEFAULTS.seg_weight,
+        seg_ce_weight: float = _DEFAULTS.seg_ce_weight,
+        stage_steps: Sequence[int] = _DEFAULTS.stage_steps,
     ) -> None:
         super().__init__()
         if gan_loss not in _GAN_LOSSES:

@@ -2,20 +2,38 @@
 
 regzoo imports this module through the entry point in ``pyproject.toml``
 (``[project.entry-points."regzoo.plugins"] example = "regzoo_example"``); importing it registers
-the model. Keep this import cheap: the registry lists entries without building them, so torch and
-the network code are imported inside the builder.
+the model. An entry is two things: a config dataclass, the one source of the model's defaults
+(every one shown, with its type, so that ``model.features=abc`` is a one-line error), and the
+class that implements it, named as ``target`` and imported only when the model is built. Keep
+this module free of torch: the registry lists entries without building them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from regzoo import Paper, register_model
 
-__all__ = ["example_affine"]
+__all__ = ["ExampleAffineConfig"]
 
 
-@register_model(
+@dataclass
+class ExampleAffineConfig:
+    """Keyword arguments of :class:`regzoo_example.model.ExampleAffine`, with their defaults.
+
+    ``ndim``: 2 or 3; ``in_channels``: channels of each image; ``features``: widths of the
+    stride-2 convolutions of the encoder; ``similarity``: the image similarity loss config
+    (global NCC).
+    """
+
+    ndim: int = 2
+    in_channels: int = 1
+    features: list[int] = field(default_factory=lambda: [8, 16, 32, 32])
+    similarity: dict[str, Any] = field(default_factory=lambda: {"name": "ncc"})
+
+
+register_model(
     "example-affine",
     summary="Example plugin: a small CNN predicting an affine transform (a template to copy).",
     paper=Paper(
@@ -26,6 +44,8 @@ __all__ = ["example_affine"]
         "https://arxiv.org/abs/1506.02025",
     ),
     tags=("2d", "3d", "affine", "unsupervised"),
+    config=ExampleAffineConfig,
+    target="regzoo_example.model:ExampleAffine",
     presets={
         # the default: a CPU run of a minute on the embedded synthetic data
         "quick": {
@@ -35,20 +55,3 @@ __all__ = ["example_affine"]
         "paper": {"train": {"steps": 20_000, "lr": 1e-4, "batch_size": 8}},
     },
 )
-def example_affine(
-    ndim: int = 2,
-    in_channels: int = 1,
-    features: tuple[int, ...] = (8, 16, 32, 32),
-    similarity: dict[str, Any] | None = None,
-) -> Any:
-    """A small affine registration network; see :class:`regzoo_example.model.ExampleAffine`.
-
-    Args:
-        ndim: 2 or 3.
-        in_channels: channels of each image.
-        features: widths of the stride-2 convolutions of the encoder.
-        similarity: image similarity loss config (default ``{"name": "ncc"}``, global NCC).
-    """
-    from .model import ExampleAffine
-
-    return ExampleAffine(ndim, in_channels, features, similarity or {"name": "ncc"})

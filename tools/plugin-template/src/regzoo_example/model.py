@@ -20,7 +20,13 @@ from regzoo.models import Batch, RegistrationLoss, RegistrationModel, Registrati
 from regzoo.nn import ConvBlock
 from regzoo.spatial import warp
 
+from . import ExampleAffineConfig
+
 __all__ = ["ExampleAffine"]
+
+# The registered entry's config is the one source of the defaults: the class built directly is
+# the registered model.
+_DEFAULTS = ExampleAffineConfig()
 
 
 class ExampleAffine(RegistrationModel):
@@ -40,10 +46,10 @@ class ExampleAffine(RegistrationModel):
 
     def __init__(
         self,
-        ndim: int = 2,
-        in_channels: int = 1,
-        features: Sequence[int] = (8, 16, 32, 32),
-        similarity: Mapping[str, Any] | None = None,
+        ndim: int = _DEFAULTS.ndim,
+        in_channels: int = _DEFAULTS.in_channels,
+        features: Sequence[int] = _DEFAULTS.features,
+        similarity: Mapping[str, Any] = _DEFAULTS.similarity,
     ) -> None:
         super().__init__()
         self.ndim = ndim
@@ -57,7 +63,7 @@ class ExampleAffine(RegistrationModel):
         nn.init.zeros_(self.head.bias)
         self.register_buffer("identity", torch.eye(ndim, ndim + 1), persistent=False)
         self.transformer = build("transformer", "affine")
-        self.objective_terms = RegistrationLoss(similarity=dict(similarity or {"name": "ncc"}))
+        self.objective_terms = RegistrationLoss(similarity=similarity)
 
     def forward(self, batch: Batch) -> RegistrationOutput:
         moving, fixed = batch["moving"], batch["fixed"]

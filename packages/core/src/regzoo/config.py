@@ -10,23 +10,28 @@ Layers, later wins (docs/conventions.md):
 The ``model`` and ``data`` sections are then merged onto the registered entry's default config, so
 an unknown key or a wrong type is an error that names the key. ``model.ndim`` follows
 ``data.ndim`` unless it is set explicitly. Numeric settings out of range (:func:`check_ranges`)
-are errors too, before any work. YAML (files and override values) is parsed as plain data with a
-size and an alias-expansion limit (:func:`load_yaml_text`).
+and values with a fixed set of choices (``train.optimizer``, ``train.scheduler``, ``train.amp``,
+``eval.label_warp``, the names in ``eval.metrics``; :func:`validate_choices`) are errors too,
+before any work. YAML (files and override values) is parsed as plain data with a size and an
+alias-expansion limit (:func:`load_yaml_text`), as YAML 1.2: only ``true``/``false`` are
+booleans, so ``train.amp=no`` is the string ``"no"`` (boolean fields still take ``yes``/``no``).
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
-from .registry import get_entry, get_registry
+from .registry import config_error_message, get_entry, get_registry
 
 __all__ = [
     "TrainConfig",
@@ -35,44 +40,72 @@ __all__ = [
     "parse_overrides",
     "load_yaml_text",
     "check_ranges",
+    "validate_choices",
     "DEFAULT_PRESET",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "AMP_MODES",
+    "LABEL_WARPS",
 ]
 
 DEFAULT_PRESET = "quick"
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "radam", "sgd")
+SCHEDULERS: tuple[str, ...] = ("none", "poly")
+AMP_MODES: tuple[str, ...] = ("no", "bf16", "fp16")
+LABEL_WARPS: tuple[str, ...] = ("nearest", "linear")
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML's safe loader with only ``true``/``false`` (any case) as booleans, as in YAML 1.2."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 @dataclass
 class TrainConfig:
-    """How a model is trained. Steps count optimisation steps of the whole method."""
+    """How a model is trained. Steps count optimisation steps of the whole method.
+
+    ``grad_clip`` null: no gradient clipping; ``weights`` null: the model's own initialisation.
+    """
 
     steps: int = 1000
     batch_size: int = 1
     lr: float = 1e-4
-    optimizer: str = "adam"
+    optimizer: str = "adam"  # one of OPTIMIZERS
     weight_decay: float = 0.0
     amsgrad: bool = False
-    scheduler: str = "none"  # "none" | "poly"
+    scheduler: str = "none"  # "none" | "poly" (SCHEDULERS)
     poly_power: float = 0.9
-    grad_clip: Any = None
+    grad_clip: Optional[float] = None
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 250
     val_every: int = 0  # 0: validate only at the end
     val_pairs: int = 8
-    amp: str = "no"  # "no" | "bf16" | "fp16" (CUDA only)
+    amp: str = "no"  # "no" | "bf16" | "fp16" (CUDA only; AMP_MODES)
     compile: bool = False
     workers: int = 0
-    weights: Any = None  # initial weights (a checkpoint or a state_dict file)
+    weights: Optional[str] = None  # initial weights (a checkpoint or a state_dict file)
 
 
 @dataclass
 class EvalConfig:
-    """How a trained model is evaluated on held-out pairs."""
+    """How a trained model is evaluated on held-out pairs.
+
+    ``max_pairs`` null: every pair of the split. ``metrics``: names of registered metrics.
+    """
 
     split: str = "test"
-    max_pairs: Any = None
+    max_pairs: Optional[int] = None
     label_warp: str = "nearest"  # "nearest" | "linear" (one-hot, then argmax)
-    metrics: list = field(default_factory=lambda: ["dice", "hd95", "sdlogj", "folding"])
+    metrics: list[str] = field(default_factory=lambda: ["dice", "hd95", "sdlogj", "folding"])
     overview: bool = True
 
 
@@ -143,7 +176,7 @@ def load_yaml_text(text: str, what: str) -> Any:
     """
     if len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
         raise ConfigError(f"{what}: over {MAX_YAML_BYTES // 1024} KiB, too large for a config")
-    loader = yaml.SafeLoader(text)
+    loader = _Yaml12Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -251,14 +284,45 @@ def _merge_parts(base: dict[str, Any], layer: Mapping[str, Any], what: str) -> d
     return merged
 
 
-def _merge(base: DictConfig, layer: Mapping[str, Any], what: str) -> DictConfig:
+def _merge(base: DictConfig, layer: Mapping[str, Any], what: str, section: str = "") -> DictConfig:
     try:
         return OmegaConf.merge(base, layer)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{what}: {str(err).splitlines()[0]}") from None
+        prefix = f"{section}." if section else ""
+        raise ConfigError(f"{what}: {config_error_message(err, prefix)}") from None
 
 
 _SECTIONS = ("model", "data", "train", "eval", "preset")
+
+
+def validate_choices(cfg: DictConfig) -> None:
+    """Refuse, in one line naming the key, a value outside its choices.
+
+    ``train.optimizer`` (:data:`OPTIMIZERS`), ``train.scheduler`` (:data:`SCHEDULERS`),
+    ``train.amp`` (:data:`AMP_MODES`), ``eval.label_warp`` (:data:`LABEL_WARPS`) and every name
+    in ``eval.metrics`` (a registered metric).
+
+    Raises:
+        ConfigError: the first value that is not one of its choices.
+    """
+    for key, choices in (
+        ("train.optimizer", OPTIMIZERS),
+        ("train.scheduler", SCHEDULERS),
+        ("train.amp", AMP_MODES),
+        ("eval.label_warp", LABEL_WARPS),
+    ):
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    metrics = get_registry("metric")
+    known = metrics.names()
+    for name in OmegaConf.select(cfg, "eval.metrics") or ():
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(
+                f"eval.metrics: unknown metric {name!r}{hint}; registered: {', '.join(known)}"
+            )
 
 
 def resolve_config(
@@ -320,20 +384,24 @@ def resolve_config(
             if isinstance(base, DictConfig)
             else dict(base)
         )
-        cfg.train = _merge(OmegaConf.structured(TrainConfig), cfg.train, "checkpoint train config")
-        cfg.eval = _merge(OmegaConf.structured(EvalConfig), cfg.eval, "checkpoint eval config")
+        cfg.train = _merge(
+            OmegaConf.structured(TrainConfig), cfg.train, "checkpoint train config", "train"
+        )
+        cfg.eval = _merge(
+            OmegaConf.structured(EvalConfig), cfg.eval, "checkpoint eval config", "eval"
+        )
 
     model_explicit = dict(cfg.model)
     data_layer: dict[str, Any] = dict(cfg.data)
     for what, layer in layers:
         for section in ("train", "eval"):
             if section in layer:
-                cfg[section] = _merge(cfg[section], layer[section], what)
+                cfg[section] = _merge(cfg[section], layer[section], what, section)
         if "data" in layer:
             if "name" in layer["data"] and layer["data"]["name"] != data_layer.get("name"):
                 data_layer = {}
             data_layer = OmegaConf.to_container(
-                _merge(OmegaConf.create(data_layer), layer["data"], what)
+                _merge(OmegaConf.create(data_layer), layer["data"], what, "data")
             )
         if "model" in layer:
             model_explicit = _merge_parts(dict(model_explicit), dict(layer["model"]), what)
@@ -351,5 +419,6 @@ def resolve_config(
     cfg.model = OmegaConf.merge({"name": name}, OmegaConf.to_container(model_cfg, resolve=True))
     cfg.data = OmegaConf.merge({"name": data_name}, OmegaConf.to_container(data_cfg, resolve=True))
     cfg.data.pop("split", None)
+    validate_choices(cfg)
     check_ranges(cfg)
     return cfg

@@ -68,6 +68,8 @@ __all__ = [
     "list_models",
     "create_model",
     "plugins",
+    "LazyTarget",
+    "config_error_message",
 ]
 
 KINDS: tuple[str, ...] = ("backbone", "transformer", "loss", "metric", "model", "dataset")
@@ -258,7 +260,9 @@ def _config_from_signature(builder: Callable[..., Any], name: str) -> type:
         if default is inspect.Parameter.empty:
             fields.append((p.name, ftype, field(default="???")))
         elif isinstance(default, (list, dict)):
-            fields.append((p.name, ftype, field(default_factory=lambda d=default: copy.deepcopy(d))))
+            fields.append(
+                (p.name, ftype, field(default_factory=lambda d=default: copy.deepcopy(d)))
+            )
         else:
             fields.append((p.name, ftype, field(default=default)))
     cls_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Config"
@@ -272,7 +276,9 @@ def _parameters(builder: Callable[..., Any]) -> list[inspect.Parameter]:
     ``*args, **kwargs`` (``torch.nn.Module``'s), is built without arguments.
     """
     params = list(inspect.signature(builder).parameters.values())
-    if inspect.isclass(builder) and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+    if inspect.isclass(builder) and all(
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params
+    ):
         owner = next(c for c in builder.__mro__ if "__init__" in vars(c))
         if owner.__module__.split(".")[0] != builder.__module__.split(".")[0]:
             return []
@@ -430,7 +436,7 @@ class Registry:
             try:
                 cfg = OmegaConf.merge(cfg, overrides)
             except OmegaConfBaseException as err:
-                raise ConfigError(f"{self.kind} {name!r}: {_one_line(err)}") from None
+                raise ConfigError(f"{self.kind} {name!r}: {config_error_message(err)}") from None
         return cfg
 
     def build(self, config: str | Mapping[str, Any] | DictConfig, **overrides: Any) -> Any:
@@ -465,6 +471,18 @@ def _qualname(obj: Any) -> str:
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def config_error_message(err: OmegaConfBaseException, prefix: str = "") -> str:
+    """One line for an OmegaConf error that names the key: ``width: Value 'abc' of type ...``.
+
+    ``prefix`` (e.g. ``"train."``) is put before the key of a node merged inside a section.
+    """
+    text = _one_line(err)
+    key = getattr(err, "full_key", None)
+    if key and f"'{key}'" not in text:
+        return f"{key if key.startswith(prefix) else prefix + key}: {text}"
+    return text
 
 
 _REGISTRIES: dict[str, Registry] = {kind: Registry(kind) for kind in KINDS}

@@ -134,7 +134,7 @@ def test_broken_plugin_is_reported_not_fatal(monkeypatch):
 
     def load_good():
         @reg.register_metric("fake-good-metric", summary="registered by a fake plugin")
-        def fake(**_):
+        def fake():
             return 0
 
         return good
@@ -159,7 +159,7 @@ def test_plugin_imported_before_the_registry_loads_still_owns_its_entries(monkey
     ``regzoo list`` filter by it)."""
     metric_registry = _fake_plugins(monkeypatch, FakeEP("zz-early", lambda: None))
 
-    def early(**_):
+    def early():
         return 0
 
     early.__module__ = "regzoo_zz_early.metrics"

@@ -49,8 +49,8 @@ class VoxelMorphConfig:
 
     The defaults of :class:`~regzoo_voxelmorph.model.VoxelMorph` (see its arguments). Nullable
     fields: ``similarity``, ``regularizer`` or ``segmentation`` null: the objective has no such
-    term; ``num_labels`` null: the classes of the label maps are the largest label in the batch
-    plus one.
+    term; ``num_labels`` null: the classes of ``warped_label`` are those of the data's label
+    table.
     """
 
     ndim: int = 2

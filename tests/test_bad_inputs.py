@@ -75,7 +75,6 @@ CASES = {
     "2D moving, 3D fixed": (lambda f: _register(f, moving=str(f["2d"])), "slice.nii.gz"),
     "non-integer labels": (lambda f: _register(f, moving_seg=str(f["float_labels"])), "float_seg.nii.gz"),
     "checkpoint of another model": (lambda f: _register(f, weights=str(f["other"])), "other-model.pt"),
-    "negative --lr": (lambda f: [*_register(f), "--iterations", "1", "--lr", "-1"], "--lr"),
     "truncated checkpoint": (lambda f: _register(f, model=str(f["truncated"])), "truncated.pt"),
     "truncated checkpoint (evaluate)": (lambda f: ["evaluate", str(f["truncated"])], "truncated.pt"),
     "another model's weights (evaluate)": (

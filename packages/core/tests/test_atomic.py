@@ -44,3 +44,23 @@ def test_a_written_file_has_the_usual_permissions(tmp_path):
     plain.write_text("x")
     atomic.write_text(tmp_path / "atomic.txt", "x")
     assert (tmp_path / "atomic.txt").stat().st_mode == plain.stat().st_mode
+
+
+def test_a_folder_is_complete_or_absent_and_replaced_as_a_whole(tmp_path):
+    out = tmp_path / "pair"
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_dir(out) as tmp:
+            (tmp / "warped.nii.gz").write_text("half of the outputs")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic.atomic_dir(out) as tmp:
+        (tmp / "warped_seg.nii.gz").write_text("old")
+    with pytest.raises(FileExistsError):
+        with atomic.atomic_dir(out) as tmp:
+            (tmp / "ddf.nii.gz").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["warped_seg.nii.gz"]
+    with atomic.atomic_dir(out, replace=True) as tmp:
+        (tmp / "ddf.nii.gz").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["ddf.nii.gz"]
+    assert [p.name for p in tmp_path.iterdir()] == ["pair"]
+    assert out.stat().st_mode & 0o777 == 0o777 & ~atomic._umask()

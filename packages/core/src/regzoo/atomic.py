@@ -5,6 +5,9 @@ written to a hidden temporary file in the destination folder, flushed to disk, a
 final name. A process killed or a disk filled mid-write leaves the final name as it was (absent or
 the previous complete file) and no temporary file behind.
 
+A folder of outputs is written the same way (:func:`atomic_dir`): into a hidden temporary sibling
+folder, renamed into place once every file in it is written, so the folder is complete or absent.
+
 Tests make failures deterministic through :data:`before_rename`: callables run just before each
 rename with the final path, so a test can raise there to simulate a crash at that point.
 """
@@ -14,12 +17,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_text", "write_json", "remove_stale", "before_rename", "TMP_PREFIX"]
+__all__ = [
+    "atomic_path",
+    "atomic_dir",
+    "write_text",
+    "write_json",
+    "remove_stale",
+    "before_rename",
+    "TMP_PREFIX",
+]
 
 TMP_PREFIX = ".regzoo-tmp."
 
@@ -71,6 +83,47 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """A temporary folder to fill instead of ``path``; renamed onto ``path`` when the block ends.
+
+    Args:
+        path: the final folder. Its parent is created if missing.
+        replace: an existing ``path`` is replaced as a whole (none of its files survive). Without
+            it an existing ``path`` must be empty, else :class:`FileExistsError` is raised before
+            the rename and ``path`` is left as it was.
+
+    If the block raises, the temporary folder is removed and ``path`` is left untouched. With
+    ``replace``, a process killed between moving the old folder aside and renaming the new one
+    leaves ``path`` absent and the old folder under a temporary name (:func:`remove_stale`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a final folder gets the usual mode
+    try:
+        yield tmp
+        for hook in list(before_rename):
+            hook(path)
+        old = None
+        if path.exists() and (replace or not any(path.iterdir())):
+            old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.old.", dir=path.parent))
+            os.replace(path, old)  # onto the empty placeholder folder
+        elif path.exists():
+            raise FileExistsError(f"{path}: folder exists and is not empty")
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
@@ -83,6 +136,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def remove_stale(folder: str | os.PathLike) -> None:
-    """Delete temporary files a killed process left in ``folder`` (never anything else)."""
+    """Delete temporary files and folders a killed process left in ``folder`` (nothing else)."""
     for stale in Path(folder).glob(f"{TMP_PREFIX}*"):
-        stale.unlink(missing_ok=True)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)

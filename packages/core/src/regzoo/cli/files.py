@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,7 +21,14 @@ def _read_pairs(path: Path):
 
     if not path.is_file():
         raise DataError(f"--pairs: file not found: {path}")
-    rows = [r for r in csv.reader(path.read_text().splitlines()) if r and any(c.strip() for c in r)]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "save the CSV as UTF-8"
+        ) from None
+    rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
     if rows and rows[0][0].strip().lower() == "moving":
         rows = rows[1:]
     pairs = []
@@ -37,18 +45,81 @@ def _read_pairs(path: Path):
     return pairs
 
 
-def _stem(path: Path) -> str:
-    return path.name.split(".")[0]
-
-
 def _check_exists(*paths: Path | None) -> None:
     for p in paths:
         if p is not None and not Path(p).is_file():
             raise DataError(f"file not found: {p}")
 
 
+def _check_counts(iterations: int | None, samples: int) -> None:
+    """Counts a user gives on the command line: steps and samples >= 0 (threads: ThreadsOpt)."""
+    if iterations is not None and iterations < 0:
+        raise UserError(f"--iterations must be 0 or more steps, got {iterations}")
+    if samples < 0:
+        raise UserError(f"--samples must be 0 or more, got {samples}")
+
+
+def _pair_ndim(p) -> int:
+    """2 or 3, from the headers of a pair's images (checked, data not read)."""
+    from ..data.io import image_ndim
+
+    ndim = image_ndim(p.fixed)
+    for path in (p.moving, p.moving_seg, p.fixed_seg):
+        if path is not None and image_ndim(path) != ndim:
+            raise DataError(
+                f"{path}: a {image_ndim(path)}D image cannot be registered to the {ndim}D {p.fixed}"
+            )
+    return ndim
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+
+
+def _write_error(target: Path, err: OSError) -> DataError:
+    return DataError(f"{target}: cannot write ({err.strerror or err}); nothing written there")
+
+
+def _plan_outputs(todo: list, out: Path, names: list[Path], force: bool, resume: bool) -> set[int]:
+    """Check the outputs before any work; returns the indices of pairs to skip (``--resume``).
+
+    An output (a pair's folder, or a ``--learn2reg`` file) that exists is skipped with
+    ``resume``, replaced with ``force`` (only a folder of regzoo's outputs), else refused.
+    """
+    from ..engine.register import OUTPUT_NAMES
+
+    if force and resume:
+        raise UserError("give --force (replace outputs) or --resume (keep them), not both")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder")
+    for p in todo:
+        for path in (p.moving, p.fixed, p.moving_seg, p.fixed_seg):
+            if path is not None and _inside(path, out):
+                raise UserError(f"--out {out} holds the input {path}; write the outputs elsewhere")
+    done = {i for i, t in enumerate(names) if t.is_file() or (t.is_dir() and any(t.iterdir()))}
+    if done and not (force or resume):
+        first = names[min(done)]
+        raise UserError(
+            f"{first} exists ({len(done)} of {len(names)} outputs do); "
+            "--force replaces them, --resume keeps them and registers the rest"
+        )
+    for i in sorted(done) if force else ():
+        if names[i].is_dir():
+            foreign = sorted(f.name for f in names[i].iterdir() if f.name not in OUTPUT_NAMES)
+            if foreign:
+                raise UserError(
+                    f"--force replaces {names[i]} as a whole, but it holds {foreign[0]}, "
+                    "which regzoo does not write; move it or choose another --out"
+                )
+    return done if resume else set()
+
+
 def _load_model(model: str, weights: Path | None, ndim: int):
-    """A checkpoint path, or a registered name (optionally with ``--weights``) built for ``ndim``."""
+    """A checkpoint path, or a registered name (optionally with ``--weights``) built for ``ndim``.
+
+    Returns the network and the intensity normalisation it expects. A checkpoint whose config
+    names another dimensionality than ``ndim`` is refused before the network is built.
+    """
     import torch
 
     from ..engine.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
@@ -60,10 +131,14 @@ def _load_model(model: str, weights: Path | None, ndim: int):
             raise UserError(
                 f"{model}: not a regzoo checkpoint; for other weights give a model name and --weights"
             )
-        net, normalize = (
-            model_from_checkpoint(ckpt),
-            ckpt["config"].get("data", {}).get("normalize"),
-        )
+        cfg = ckpt["config"]
+        net_ndim = cfg.get("model", {}).get("ndim") or cfg.get("data", {}).get("ndim")
+        if net_ndim is not None and int(net_ndim) != ndim:
+            raise DataError(
+                f"{model}: a {int(net_ndim)}D model cannot register {ndim}D images; "
+                f"use a {ndim}D checkpoint"
+            )
+        net, normalize = model_from_checkpoint(ckpt, model), cfg.get("data", {}).get("normalize")
     else:
         entry = get_entry("model", model)
         kwargs = {"ndim": ndim} if "ndim" in entry.default_config() else {}
@@ -74,7 +149,20 @@ def _load_model(model: str, weights: Path | None, ndim: int):
     return net, normalize or "percentile"
 
 
-@app.command("register")
+REGISTER_HELP = """Register moving images to fixed ones; write warped image, field and warped labels.
+
+A pair's outputs are written as one folder, complete or absent: --out itself for one pair;
+with --pairs, one folder per pair in --out, named <moving>__to__<fixed> from the image paths
+below the folder common to each column, without extension, "/" written "_"
+(data/sub-01/T1w.nii.gz against atlas.nii.gz: sub-01_T1w__to__atlas); a pair listed twice
+gets __row<N> appended (N: its row, 1 = first pair). --learn2reg writes
+disp_<fixed id>_<moving id>.nii.gz files into --out instead, ids from Learn2Reg's names
+(TASK_0001_0000.nii.gz). Existing outputs are refused unless --force (replace each pair's
+folder as a whole) or --resume (skip pairs already written).
+"""
+
+
+@app.command("register", help=REGISTER_HELP)
 def register_command(
     model: Annotated[
         str, typer.Argument(help="A checkpoint, or a registered model name (with --weights).")
@@ -89,6 +177,13 @@ def register_command(
         PathOpt, typer.Option("--pairs", help="CSV of moving,fixed[,moving_seg[,fixed_seg]].")
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("registered"),
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace existing outputs (each pair's whole folder).")
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Skip pairs whose outputs exist (an interrupted batch)."),
+    ] = False,
     weights: Annotated[
         PathOpt, typer.Option("--weights", help="Weights for a registered model name.")
     ] = None,
@@ -110,8 +205,17 @@ def register_command(
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register moving images to fixed ones; write warped image, field and warped labels."""
-    from ..engine.register import PairFiles, learn2reg_name, load_pair, register_pair, write_outputs
+    """``regzoo register`` (its help text is :data:`REGISTER_HELP`)."""
+    from ..atomic import remove_stale
+    from ..engine.register import (
+        PairFiles,
+        check_result,
+        learn2reg_name,
+        load_pair,
+        output_names,
+        register_pair,
+        write_outputs,
+    )
     from ..engine.runtime import setup_runtime
 
     if pairs is not None:
@@ -124,32 +228,60 @@ def register_command(
         todo = [PairFiles(moving, fixed, moving_seg, fixed_seg)]
     if lr is not None and not lr > 0:
         raise UserError(f"--lr must be a positive learning rate, got {lr}")
+    _check_counts(iterations, samples)
     for p in todo:
         _check_exists(p.moving, p.fixed, p.moving_seg, p.fixed_seg)
+    if learn2reg:
+        targets = [out / learn2reg_name(p.fixed, p.moving) for p in todo]
+        for i, t in enumerate(targets):
+            if targets.index(t) != i:
+                j = targets.index(t)
+                raise DataError(
+                    f"--learn2reg: {todo[j].moving} -> {todo[j].fixed} and {todo[i].moving} -> "
+                    f"{todo[i].fixed} would both be written to {t.name}"
+                )
+    else:
+        targets = [out / n for n in output_names(todo)] if pairs is not None else [out]
+    skip = _plan_outputs(todo, out, targets, force, resume)
+    ndims = {_pair_ndim(p) for p in todo}
+    if len(ndims) > 1:
+        raise DataError(f"{pairs}: lists both 2D and 3D pairs; one model registers one kind")
+    ndim = ndims.pop()
+    if out.is_dir() and (pairs is not None or learn2reg):
+        remove_stale(out)  # left by a killed batch
     runtime = setup_runtime(device, threads)
-    net, normalize, report = None, "percentile", []
-    for p in todo:
+    net, normalize = _load_model(model, weights, ndim)
+    net = net.to(runtime.device).eval()
+    steps = net.io_iterations if iterations is None else iterations
+    report = []
+    for i, (p, target) in enumerate(zip(todo, targets, strict=True)):
+        entry = {"moving": str(p.moving), "fixed": str(p.fixed)}
+        if i in skip:
+            report.append({**entry, "skipped": str(target)})
+            if not as_json:
+                typer.echo(f"{target}: written by an earlier run, skipped (--resume)")
+            continue
         loaded = load_pair(p, normalize)
-        if net is None:  # the first pair tells the dimensionality a model name is built for
-            net, wanted = _load_model(model, weights, loaded.fixed_info.ndim)
-            net = net.to(runtime.device).eval()
-            if wanted != normalize:
-                normalize, loaded = wanted, load_pair(p, wanted)
-        steps = net.io_iterations if iterations is None else iterations
         result, history = register_pair(net, loaded, steps, samples, runtime.device, lr)
-        name = learn2reg_name(p.fixed, p.moving) if learn2reg else None
-        target = out
-        if not learn2reg and len(todo) > 1:
-            target = out / f"{_stem(p.moving)}_to_{_stem(p.fixed)}"
-        written = write_outputs(target, loaded, result, name, net.label_table)
-        entry = {"moving": str(p.moving), "fixed": str(p.fixed), "files": [str(w) for w in written]}
+        check_result(p, result, net, 0 if samples else steps, lr)
+        try:
+            if learn2reg:
+                written = write_outputs(out, loaded, result, target.name)
+            else:
+                written = write_outputs(
+                    target, loaded, result, label_table=net.label_table, replace=force
+                )
+        except OSError as err:
+            raise _write_error(target, err) from None
+        entry["files"] = [str(w) for w in written]
         if history:
             entry["objective"] = {"before": history[0], "after": history[-1], "iterations": steps}
         report.append(entry)
         if not as_json:
             extra = f"  (objective {history[0]:.4g} -> {history[-1]:.4g})" if history else ""
+            where = target.parent if learn2reg else target
             typer.echo(
-                f"{p.moving.name} -> {p.fixed.name}: {', '.join(w.name for w in written)} in {target}{extra}"
+                f"{p.moving.name} -> {p.fixed.name}: {', '.join(w.name for w in written)} in {where}{extra}"
             )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -161,10 +293,18 @@ def apply_command(
         Path, typer.Argument(help="A displacement field written by regzoo register (ddf.nii.gz).")
     ],
     image: Annotated[Path, typer.Argument(help="The image (or label map) to warp.")],
-    out: Annotated[Path, typer.Option("--out", help="Output file.")] = Path("warped.nii.gz"),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Output file; an existing folder gets the image's file name in it "
+            "(an input's own path is refused).",
+        ),
+    ] = Path("warped.nii.gz"),
     labels: Annotated[
         bool, typer.Option("--labels", help="A label map: nearest-neighbour sampling.")
     ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
 ) -> None:
     """Apply a written field to another image on the fixed grid (nearest for labels)."""
     import numpy as np
@@ -176,6 +316,15 @@ def apply_command(
     from ..spatial import warp
 
     _check_exists(ddf, image)
+    if out.is_dir():
+        out = out / image.name
+    for given in (ddf, image):
+        if os.path.abspath(out) == os.path.abspath(given) or (out.exists() and out.samefile(given)):
+            raise UserError(f"--out {out} is the input {given}; write the result elsewhere")
+    if out.is_dir():
+        raise UserError(f"--out {out}: a folder is in the way")
+    if out.exists() and not force:
+        raise UserError(f"--out {out} exists; --force replaces it")
     field, finfo = load_ddf(ddf)
     array, info = load_image(image, label=labels)
     if info.ndim != finfo.ndim:
@@ -190,5 +339,8 @@ def apply_command(
         )
     u = torch.from_numpy(field)[None]
     warped = warp_labels(t[None], u) if labels else warp(t[None].float(), u)
-    save_image(warped[0], info if same_grid else finfo, out)
+    try:
+        save_image(warped[0], info if same_grid else finfo, out)
+    except OSError as err:
+        raise _write_error(out, err) from None
     typer.echo(f"wrote {out}")

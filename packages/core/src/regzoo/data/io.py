@@ -20,6 +20,7 @@
 Registration runs on the fixed image's grid: a moving image on another grid is first resampled
 onto it in physical space (:func:`regzoo.data.grid.resample`), so the network's ``ddf`` maps fixed
 voxels to positions on that same grid. Every error about a file is a :class:`DataError` naming it.
+Files are written through :func:`regzoo.atomic.atomic_path`: a reader never sees half of one.
 """
 
 from __future__ import annotations
@@ -40,10 +41,19 @@ from nibabel.orientations import (
     ornt_transform,
 )
 
+from ..atomic import atomic_path
 from ..errors import DataError
 from .grid import grid_spacing, resample
 
-__all__ = ["ImageInfo", "load_image", "save_image", "save_ddf", "load_ddf", "NIFTI_INTENT_VECTOR"]
+__all__ = [
+    "ImageInfo",
+    "load_image",
+    "image_ndim",
+    "save_image",
+    "save_ddf",
+    "load_ddf",
+    "NIFTI_INTENT_VECTOR",
+]
 
 NIFTI_INTENT_VECTOR = 1007
 _RAS = axcodes2ornt(("R", "A", "S"))
@@ -96,6 +106,22 @@ def _read(path: str | os.PathLike) -> Any:
         raise DataError(f"{path}: cannot read as an image ({type(err).__name__}: {err})") from None
 
 
+def _check_affine(affine: np.ndarray, path: str) -> None:
+    """Refuse a header whose voxel-to-world affine cannot place voxels in space."""
+    if not np.isfinite(affine).all():
+        raise DataError(f"{path}: the header's affine holds NaN or infinite values (qform/sform)")
+    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
+    sizes = np.linalg.norm(axes, axis=0)
+    if (sizes == 0).any():
+        raise DataError(
+            f"{path}: the header gives voxel axis {int(np.argmin(sizes))} a size of 0 mm"
+        )
+    if abs(np.linalg.det(axes)) < 1e-6 * np.prod(sizes):
+        raise DataError(
+            f"{path}: the header's affine is singular (two voxel axes point the same way)"
+        )
+
+
 def _as_3d(data_shape: tuple[int, ...], path: str) -> tuple[int, ...]:
     shape = tuple(data_shape)
     if len(shape) == 4 and shape[3] == 1:
@@ -121,12 +147,14 @@ def load_image(path: str | os.PathLike, label: bool = False) -> tuple[np.ndarray
         ``S`` its canonical spatial shape, and the :class:`ImageInfo` to write results back.
 
     Raises:
-        DataError: unreadable file, not 2D/3D, NaN or infinite values, a label map with
-            non-integer or negative values; the message names the file.
+        DataError: unreadable file, not 2D/3D, NaN or infinite values, an affine that cannot
+            place voxels (NaN, a voxel size of 0, singular), a label map with non-integer or
+            negative values; the message names the file.
     """
     path = str(path)
     img = _read(path)
     shape3 = _as_3d(img.shape, path)
+    _check_affine(img.affine, path)
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as err:
@@ -175,6 +203,20 @@ def load_image(path: str | os.PathLike, label: bool = False) -> tuple[np.ndarray
         grid_affine=np.asarray(grid_affine, dtype=np.float64),
     )
     return np.ascontiguousarray(canonical), info
+
+
+def image_ndim(path: str | os.PathLike) -> int:
+    """2 or 3: the dimensionality :func:`load_image` will give, from the header alone.
+
+    Raises:
+        DataError: the checks of :func:`load_image` on the header (readable, 2D/3D, an affine
+            that places voxels in space); the data are not read.
+    """
+    path = str(path)
+    img = _read(path)
+    shape = _as_3d(img.shape, path)
+    _check_affine(img.affine, path)
+    return 3 - (1 in shape)
 
 
 def _to_numpy(array: Any) -> np.ndarray:
@@ -235,8 +277,10 @@ def _write(
         sform if sform is not None else reference.affine, int(scode) if sform is not None else 1
     )
     img.header.set_intent(intent or "none")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
+    name = Path(path).name
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
 
 
 def save_image(
@@ -309,6 +353,7 @@ def load_ddf(
         raise DataError(
             f"{path}: a displacement field must be (X, Y, Z, 1, ndim), got shape {shape}"
         )
+    _check_affine(img.affine, path)
     ndim = reference.ndim if reference is not None else int(shape[4])
     vectors = np.asarray(img.dataobj, dtype=np.float64)[:, :, :, 0, :]
     if not np.isfinite(vectors).all():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_path
 from ..spatial import jacobian_determinant
 
 __all__ = ["render_overview"]
@@ -86,8 +87,10 @@ def render_overview(
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     panels = "; ".join(ax.get_title() for ax in axes.flat)
-    fig.savefig(path, dpi=80, metadata={"Title": title, "Description": panels})
-    plt.close(fig)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=80, metadata={"Title": title, "Description": panels})
+    finally:
+        plt.close(fig)
     return path

@@ -10,14 +10,21 @@ in physical space first. Outputs carry the fixed image's original header:
 - ``synthesized.nii.gz``, ``moving_seg_pred.nii.gz``, ``fixed_seg_pred.nii.gz``: for models that
   synthesise an image or segment the pair (JSSR), on the fixed grid, segmentations as label maps.
 
+A pair's outputs are written into a temporary sibling folder and renamed into place once all are
+written (:func:`regzoo.atomic.atomic_dir`), so an output folder is complete or absent. With
+``--pairs`` each pair gets its own folder, named by :func:`output_names` from the moving and fixed
+paths.
+
 With ``learn2reg=True`` the field is written as the Learn2Reg challenge takes submissions:
-``disp_<fixed id>_<moving id>.nii.gz``, an ``(X, Y, Z, 3)`` array of displacements in voxels
-along the file's own array axes.
+``disp_<fixed id>_<moving id>.nii.gz`` (:func:`learn2reg_name`), an ``(X, Y, Z, 3)`` array of
+displacements in voxels along the file's own array axes.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +32,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from ..atomic import atomic_dir, atomic_path
 from ..data.grid import normalize_intensity, resample
 from ..data.io import ImageInfo, load_image, save_ddf, save_image
 from ..errors import DataError, UserError
@@ -33,7 +41,28 @@ from ..models import BATCH_LABEL_KEYS, RegistrationModel, RegistrationOutput
 from ..spatial import warp
 from .instance import instance_optimise
 
-__all__ = ["PairFiles", "load_pair", "register_pair", "write_outputs", "learn2reg_name"]
+__all__ = [
+    "PairFiles",
+    "OUTPUT_NAMES",
+    "load_pair",
+    "register_pair",
+    "check_result",
+    "write_outputs",
+    "output_names",
+    "learn2reg_name",
+]
+
+_OUTPUTS = (
+    "warped",
+    "ddf",
+    "warped_seg",
+    "uncertainty",
+    "synthesized",
+    "moving_seg_pred",
+    "fixed_seg_pred",
+)
+#: Every file :func:`write_outputs` may write into a pair's folder.
+OUTPUT_NAMES = tuple(f"{name}.nii.gz" for name in _OUTPUTS)
 
 
 @dataclass
@@ -124,16 +153,87 @@ def register_pair(
     return instance_optimise(model, batch, iterations, lr)
 
 
+def check_result(
+    files: PairFiles,
+    out: RegistrationOutput,
+    model: torch.nn.Module,
+    iterations: int,
+    lr: float | None = None,
+) -> None:
+    """Refuse a result with NaN or infinite values before anything is written.
+
+    The field and the model's other outputs are checked; the warped image follows from the field
+    and the moving image, whose values :func:`~regzoo.data.io.load_image` checked.
+
+    Raises:
+        DataError: naming the pair, the output and the likely cause (the weights, the instance
+            optimisation's learning rate, or the inputs).
+    """
+    written = {"ddf": out.ddf, "uncertainty": out.uncertainty, "synthesized": out.synthesized}
+    written.update(moving_seg=out.moving_seg, fixed_seg=out.fixed_seg)
+    bad = [k for k, v in written.items() if v is not None and not torch.isfinite(v).all()]
+    if not bad:
+        return
+    if iterations > 0:
+        rate = lr if lr is not None else model.io_lr
+        cause = f"instance optimisation diverged: lower --lr (was {rate:g})"
+    else:
+        cause = "the weights, or the images' headers (spacing, affine) and intensities"
+    raise DataError(
+        f"{files.moving} -> {files.fixed}: the result ({', '.join(bad)}) holds NaN or infinite "
+        f"values, nothing written; likely cause: {cause}"
+    )
+
+
+def _without_extension(path: Path) -> Path:
+    path = path.with_suffix("") if path.suffix == ".gz" else path
+    return path.with_suffix("")
+
+
+def _relative_stems(paths: Sequence[Path]) -> list[str]:
+    """Each path below the paths' deepest common folder, extension dropped, ``/`` as ``_``."""
+    full = [Path(os.path.abspath(p)) for p in paths]
+    root = os.path.commonpath([str(p.parent) for p in full])
+    return ["_".join(_without_extension(p.relative_to(root)).parts) for p in full]
+
+
+def output_names(pairs: Sequence[PairFiles]) -> list[str]:
+    """Unique folder names for a list of pairs: ``<moving>__to__<fixed>``.
+
+    Each side is the image's path below the deepest folder common to that column (all moving
+    images, all fixed images), without extension and with ``/`` written ``_``:
+    ``data/sub-01/T1w.nii.gz`` and ``data/sub-03/T1w.nii.gz`` against ``atlas.nii.gz`` give
+    ``sub-01_T1w__to__atlas`` and ``sub-03_T1w__to__atlas``. Pairs that still share a name (a pair
+    listed twice) get ``__row<N>`` appended, N being the pair's row (1 = first pair).
+    """
+    names = [
+        f"{m}__to__{f}"
+        for m, f in zip(
+            _relative_stems([p.moving for p in pairs]),
+            _relative_stems([p.fixed for p in pairs]),
+            strict=True,
+        )
+    ]
+    return [f"{n}__row{i}" if names.count(n) > 1 else n for i, n in enumerate(names, 1)]
+
+
 def learn2reg_name(fixed: Path, moving: Path) -> str:
-    """``disp_<fixed id>_<moving id>.nii.gz``, ids being the first number in each file name."""
+    """``disp_<fixed id>_<moving id>.nii.gz`` with the Learn2Reg dataset's case ids.
+
+    Learn2Reg names images ``<TASK>_<id>_<modality>.nii.gz`` (``OASIS_0395_0000``); the id is the
+    number before the modality. A name without that form must hold exactly one number.
+    """
 
     def ident(path: Path) -> str:
-        found = re.search(r"\d+", path.name)
-        if not found:
+        stem = _without_extension(Path(path.name)).name
+        found = re.fullmatch(r".*?_(\d+)_\d+", stem)
+        numbers = [found.group(1)] if found else re.findall(r"\d+", stem)
+        if len(numbers) != 1:
             raise DataError(
-                f"{path}: --learn2reg needs a case number in the file name (e.g. OASIS_0395_0000)"
+                f"{path}: --learn2reg needs Learn2Reg's file names (TASK_0001_0000.nii.gz) "
+                "to tell the case id"
             )
-        return found.group(0).zfill(4)
+        return numbers[0].zfill(4)
 
     return f"disp_{ident(fixed)}_{ident(moving)}.nii.gz"
 
@@ -161,27 +261,28 @@ def write_outputs(
     out: RegistrationOutput,
     learn2reg: str | None = None,
     label_table: LabelTable | None = None,
+    replace: bool = False,
 ) -> list[Path]:
-    """Write a pair's results into ``out_dir``; returns the files written.
+    """Write a pair's results as the folder ``out_dir`` (complete or absent); returns the files.
 
     ``label_table`` (the model's) turns segmentation predictions into original label values;
-    ``warped_seg`` keeps the moving label map's own values, whatever they are.
+    ``warped_seg`` keeps the moving label map's own values, whatever they are. ``replace`` lets
+    the new folder replace an existing one as a whole; without it an existing non-empty
+    ``out_dir`` raises :class:`FileExistsError` and is left as it was. With ``learn2reg`` (a file
+    name) only that file is written (atomically) into ``out_dir``.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ddf = out.ddf.detach().float().cpu()
     info = pair.fixed_info
     if learn2reg:
         path = out_dir / learn2reg
         img = nib.Nifti1Image(_to_file_voxels(ddf[0].numpy(), info), info.affine)
-        nib.save(img, str(path))
+        with atomic_path(path, suffix=".nii.gz") as tmp:
+            nib.save(img, str(tmp))
         return [path]
-    written = [out_dir / "warped.nii.gz", out_dir / "ddf.nii.gz"]
-    save_image(warp(pair.moving_raw, ddf)[0], info, written[0])
-    save_ddf(ddf[0], info, written[1])
-    if "moving_label" in pair.batch:
-        written.append(out_dir / "warped_seg.nii.gz")
-        save_image(warp_labels(pair.batch["moving_label"], ddf)[0], info, written[-1])
+
+    def first(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().cpu()[0]
 
     def predicted(logits: torch.Tensor | None) -> torch.Tensor | None:
         if logits is None:
@@ -192,14 +293,22 @@ def write_outputs(
         index = logits.detach()[:, : label_table.num_classes].argmax(1, True).cpu()
         return label_table.decode(index)
 
-    extras = {
-        "uncertainty": out.uncertainty,
-        "synthesized": out.synthesized,
-        "moving_seg_pred": predicted(out.moving_seg),
-        "fixed_seg_pred": predicted(out.fixed_seg),
+    labels = pair.batch.get("moving_label")
+    arrays = {
+        "warped": warp(pair.moving_raw, ddf)[0],
+        "ddf": ddf[0],
+        "warped_seg": None if labels is None else warp_labels(labels, ddf)[0],
+        "uncertainty": first(out.uncertainty),
+        "synthesized": first(out.synthesized),
+        "moving_seg_pred": first(predicted(out.moving_seg)),
+        "fixed_seg_pred": first(predicted(out.fixed_seg)),
     }
-    for name, value in extras.items():
-        if value is not None:
+    written = []
+    with atomic_dir(out_dir, replace=replace) as tmp:
+        for name in _OUTPUTS:
+            if arrays[name] is None:
+                continue
+            save = save_ddf if name == "ddf" else save_image
+            save(arrays[name], info, tmp / f"{name}.nii.gz")
             written.append(out_dir / f"{name}.nii.gz")
-            save_image(value.detach().cpu()[0], info, written[-1])
     return written

@@ -255,7 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     paths = args.json or sorted((ROOT / "benchmarks" / "results").glob("*.json"))
     if not paths:
         raise SystemExit("no benchmark JSON found: run the command in this script's docstring")
-    args.out.write_text(report(paths))
+    from regzoo.atomic import write_text
+
+    write_text(args.out, report(paths))
     print(f"wrote {args.out}")
 
 

@@ -28,7 +28,15 @@ class ToyDense(RegistrationModel):
         self.register_buffer("scale", torch.rand(()) + 0.5, persistent=breach != "unsaved")
         if breach == "frozen":
             self.conv.requires_grad_(False)
+        if breach in ("zero-head", "noload"):  # a zero-initialised head, as affine heads are
+            torch.nn.init.zeros_(self.conv.weight)
+            torch.nn.init.zeros_(self.conv.bias)
         self.objective_terms = RegistrationLoss(similarity={"name": "mse"})
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        if self.breach == "noload":
+            return torch.nn.modules.module._IncompatibleKeys([], [])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, batch):
         moving = batch["moving"]
@@ -54,7 +62,8 @@ def toy_registry(monkeypatch):
     """A scratch model registry holding ``toy`` and one ``toy-<breach>`` per breach."""
     fresh = reg.Registry("model")
     monkeypatch.setitem(reg._REGISTRIES, "model", fresh)
-    for breach in ("", "offset", "shape", "tuple", "nan", "frozen", "unsaved"):
+    breaches = ("offset", "shape", "tuple", "nan", "frozen", "unsaved", "zero-head", "noload")
+    for breach in ("", *breaches):
         name = f"toy-{breach}" if breach else "toy"
 
         def builder(ndim: int = 2, in_channels: int = 1, _breach=breach):
@@ -78,12 +87,25 @@ def test_a_model_that_keeps_the_contract_passes(toy_registry, ndim):
         ("nan", "training_step", "NonFiniteLossError"),
         ("frozen", "training_step", "training_step"),
         ("unsaved", "checkpoint", "differs after a checkpoint round trip"),
+        ("noload", "checkpoint", "state_dict entry '.*' differs after a round trip"),
     ],
 )
 def test_each_breach_is_caught(toy_registry, breach, check, message):
     with pytest.raises(ConformanceError, match=message) as info:
         check_model(f"toy-{breach}", 2, checks=[check])
     assert str(info.value).startswith(f"toy-{breach} (2d): ")
+
+
+def test_a_zero_initialised_head_passes_the_checkpoint_check(toy_registry):
+    # seed 0 and seed 1 build the same zero head: only the perturbation makes the check mean much
+    check_model("toy-zero-head", 2, checks=["checkpoint"])
+
+
+def test_an_empty_model_selection_is_an_error(toy_registry):
+    with pytest.raises(ValueError, match="no registered model matches pattern 'nothing-\\*'"):
+        testing.parametrize_models("nothing-*")
+    with pytest.raises(ValueError, match="in plugin 'regzoo-models-none'"):
+        testing.parametrize_models(plugin="regzoo-models-none")
 
 
 def test_metadata_and_builder_type_are_checked(toy_registry):

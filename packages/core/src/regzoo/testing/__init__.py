@@ -5,8 +5,10 @@ For a model name and a dimensionality it claims (``2d``/``3d`` tags), :func:`che
 1. checks the entry's metadata and builds the model from its default config;
 2. runs a forward pass on a tiny batch and checks the :class:`~regzoo.models.RegistrationOutput`
    (types, shapes, finite values) and the label-free objective;
-3. round-trips a checkpoint: ``state_dict`` saved to bytes with ``torch.save`` and read back with
-   ``torch.load(weights_only=True)`` into a freshly built model gives equal outputs;
+3. round-trips a checkpoint: the weights perturbed, ``state_dict`` saved to bytes with
+   ``torch.save`` and read back with ``torch.load(weights_only=True)`` into a model built from
+   another seed gives equal weights and outputs (and the perturbed outputs differ from that
+   model's before loading, so a load that does nothing fails);
 4. runs one training step and checks that the loss is finite and the weights moved;
 5. checks that zero network output is the identity: with every parameter set to zero the
    displacement is zero and the warped image equals the moving one (1e-5).
@@ -244,9 +246,46 @@ def check_training_step(name: str, ndim: int, model: torch.nn.Module | None = No
         raise _fail(name, ndim, "one training step changed no parameter")
 
 
+_PERTURBATION = 0.05
+
+
+def _perturbed_copy(model: torch.nn.Module, seed: int = 123) -> torch.nn.Module:
+    """A copy of ``model`` with seeded noise (std 0.05) added to every float
+    parameter, so its weights differ from any freshly built model (zero-initialised heads too)."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in clone.parameters():
+            if p.is_floating_point():
+                noise = torch.randn(p.shape, generator=gen, dtype=p.dtype) * _PERTURBATION
+                p.add_(noise.to(p.device))
+    return clone
+
+
+def _same_outputs(first: Any, second: Any) -> str | None:
+    """The key of the first output tensor that differs between two outputs, or ``None``."""
+    for key, tensor in first.tensors().items():
+        again = second.tensors().get(key)
+        if (
+            again is None
+            or again.shape != tensor.shape
+            or not torch.allclose(tensor, again, rtol=1e-5, atol=1e-6)
+        ):
+            return key
+    return None
+
+
 def check_checkpoint(name: str, ndim: int, model: torch.nn.Module | None = None) -> None:
-    """``state_dict`` through bytes (``weights_only=True``) into a new model gives equal outputs."""
-    model = (model if model is not None else build_for_test(name, ndim)).eval()
+    """``state_dict`` through bytes (``weights_only=True``) into a new model gives the same weights
+    and outputs.
+
+    The weights are perturbed first (on a copy; ``model`` is left as it is) and the new model is
+    built from another seed, so the check fails when loading does nothing, even for a network
+    whose heads start at zero.
+    """
+    model = _perturbed_copy(model if model is not None else build_for_test(name, ndim)).eval()
     batch = _batch_for(name, ndim)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -256,16 +295,18 @@ def check_checkpoint(name: str, ndim: int, model: torch.nn.Module | None = None)
     except Exception as err:
         raise _fail(name, ndim, f"state_dict does not load with weights_only=True: {err}") from err
     other = build_for_test(name, ndim, seed=1).eval()
+    first = _outputs(model, batch)
+    has_weights = any(p.is_floating_point() for p in model.parameters())
+    if has_weights and _same_outputs(first, _outputs(other, batch)) is None:
+        raise _fail(name, ndim, "perturbed weights give the output of a fresh model")
     other.load_state_dict(state, strict=True)
-    first, second = _outputs(model, batch), _outputs(other, batch)
-    for key, tensor in first.tensors().items():
-        again = second.tensors().get(key)
-        if (
-            again is None
-            or again.shape != tensor.shape
-            or not torch.allclose(tensor, again, rtol=1e-5, atol=1e-6)
-        ):
-            raise _fail(name, ndim, f"output {key!r} differs after a checkpoint round trip")
+    loaded = other.state_dict()
+    for key, tensor in model.state_dict().items():
+        if key not in loaded or not torch.equal(loaded[key], tensor):
+            raise _fail(name, ndim, f"state_dict entry {key!r} differs after a round trip")
+    differing = _same_outputs(first, _outputs(other, batch))
+    if differing is not None:
+        raise _fail(name, ndim, f"output {differing!r} differs after a checkpoint round trip")
 
 
 def check_zero_output(name: str, ndim: int, model: torch.nn.Module | None = None) -> None:
@@ -348,6 +389,10 @@ def parametrize_models(
     Args:
         pattern, plugin: as :func:`model_cases`.
         slow_dims: dimensionalities whose cases get ``pytest.mark.slow`` (e.g. ``(3,)``).
+
+    Raises:
+        ValueError: no model matches, so that the test module fails to collect instead of
+            being skipped as an empty parametrization.
     """
     import pytest
 
@@ -355,6 +400,12 @@ def parametrize_models(
         pytest.param(n, d, id=f"{n}-{d}d", marks=[pytest.mark.slow] if d in slow_dims else [])
         for n, d in model_cases(pattern, plugin)
     ]
+    if not cases:
+        raise ValueError(
+            f"no registered model matches pattern {pattern!r}"
+            + (f" in plugin {plugin!r}" if plugin else "")
+            + " (is the plugin installed?)"
+        )
     return pytest.mark.parametrize(("name", "ndim"), cases)
 
 

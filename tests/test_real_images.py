@@ -10,11 +10,13 @@
   reproduce regzoo's warped image, `regzoo apply` must reproduce the warped labels, and instance
   optimisation must raise the labels' Dice.
 
-`.ci/run` installs the package; elsewhere these tests skip.
+`.ci/run` installs the package and sets ``REGZOO_REQUIRE_REAL_DATA=1``, under which missing data is a
+failure; elsewhere these tests skip without it.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,14 +29,27 @@ import SimpleITK as sitk
 from regzoo.data.io import load_ddf
 
 DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
+# Mean Dice of the T1 labels, 30 instance-optimisation steps of the untrained network: measured
+# 0.700 -> 0.736; asserted less T1_TOLERANCE.
+T1_DICE_GAIN, T1_TOLERANCE = 0.036, 0.016
+REQUIRED = os.environ.get("REGZOO_REQUIRE_REAL_DATA") == "1"
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not DATA.is_dir(),
+        not DATA.is_dir() and not REQUIRED,
         reason="Debian's insighttoolkit5-examples is not installed (.ci/run does)",
     ),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _real_data() -> None:
+    """With ``REGZOO_REQUIRE_REAL_DATA=1`` (CI) missing data fails the tests instead of skipping."""
+    if not DATA.is_dir():
+        pytest.fail(
+            f"REGZOO_REQUIRE_REAL_DATA=1 but {DATA} is missing: install insighttoolkit5-examples"
+        )
 
 
 def _regzoo(*args):
@@ -148,7 +163,8 @@ def test_t1_oblique_header_fields_apply_in_simpleitk(t1_pair, tmp_path):
     )  # fmt: skip
     fixed_seg, moving_seg = _array(t1_pair["fixed_seg"]), _array(t1_pair["moving_seg"])
     warped_seg = _array(out / "warped_seg.nii.gz")
-    assert _dice(warped_seg, fixed_seg) > _dice(moving_seg, fixed_seg) + 0.02  # 0.700 -> 0.736
+    before, after = _dice(moving_seg, fixed_seg), _dice(warped_seg, fixed_seg)
+    assert after >= before + T1_DICE_GAIN - T1_TOLERANCE, (before, after)
 
     field = sitk.ReadImage(str(out / "ddf.nii.gz"), sitk.sitkVectorFloat64)
     moving = sitk.ReadImage(str(t1_pair["moving"]), sitk.sitkFloat64)

@@ -4,7 +4,8 @@ On synthetic 2D pairs related by a random affine (core ``synth`` dataset, ``defo
 rotation up to 30 degrees, scale 0.8-1.2 per axis, translation up to 10% of the size) with a
 structure of interest (two of the label classes), ISTN-e and ISTN-i align the structure better than
 STN-u trained on image MSE alone, at the same seed and number of steps; the explicit ITN output
-approaches the structure map; label-free test-time refinement of the STN does not lower Dice.
+approaches the structure map; label-free test-time refinement of the STN raises Dice. Each margin is
+the README's measured figure for the test's seed less a stated tolerance (``CLAIMS``).
 
 The label maps are drawn at Perlin scales 12 and 24 (the dataset's default, 4 and 8, gives blobs of
 a few voxels, smaller than the misalignment, on which no structure-overlap loss can tell the
@@ -36,7 +37,18 @@ STEPS = 1200
 BATCH = 10  # the official batch size
 LR = 1e-3  # the official 2D learning rate
 SEED = 0
-MARGIN = 0.03
+# The README's Status table for this seed (held-out structure Dice): identity 0.403, STN-u 0.638,
+# ISTN-e 0.740, ISTN-i 0.743; 50 label-free refinement steps: ISTN-e +0.067, ISTN-i +0.025.
+# Each comparison asserts that figure less its tolerance.
+CLAIMS = {
+    "stn-u over identity": 0.638 - 0.403,
+    "istn-e-affine over stn-u": 0.740 - 0.638,
+    "istn-i-affine over stn-u": 0.743 - 0.638,
+    "istn-e-affine refinement": 0.067,
+    "istn-i-affine refinement": 0.025,
+}
+TRAINING_TOLERANCE = 0.03  # trained from scratch: 1,200 steps of arithmetic to drift
+REFINEMENT_TOLERANCE = 0.01  # 50 steps on fixed weights
 TRAIN_PAIRS, TEST_PAIRS = 200, 16
 
 
@@ -119,18 +131,25 @@ def _held_out_dice(trained) -> dict[str, float]:
     identity = _structure_dice(
         models["stn-u-affine"][0], test, torch.zeros(len(test["moving"]), 2, SIZE, SIZE)
     )
-    assert dice["stn-u-affine"] > float(identity.mean())  # the baseline learns something too
+    # the baseline learns something too
+    gain = dice["stn-u-affine"] - float(identity.mean())
+    assert gain >= CLAIMS["stn-u over identity"] - TRAINING_TOLERANCE, (
+        dice,
+        float(identity.mean()),
+    )
     return dice
 
 
 def test_istn_e_aligns_structures_better_than_stn_u(trained):
     dice = _held_out_dice(trained)
-    assert dice["istn-e-affine"] >= dice["stn-u-affine"] + MARGIN, dice
+    margin = CLAIMS["istn-e-affine over stn-u"] - TRAINING_TOLERANCE
+    assert dice["istn-e-affine"] >= dice["stn-u-affine"] + margin, dice
 
 
 def test_istn_i_aligns_structures_better_than_stn_u(trained):
     dice = _held_out_dice(trained)
-    assert dice["istn-i-affine"] >= dice["stn-u-affine"] + MARGIN, dice
+    margin = CLAIMS["istn-i-affine over stn-u"] - TRAINING_TOLERANCE
+    assert dice["istn-i-affine"] >= dice["stn-u-affine"] + margin, dice
 
 
 def test_explicit_itn_output_approaches_the_structure_map(trained):
@@ -156,7 +175,8 @@ def test_refinement_uses_no_labels_and_keeps_dice(trained, name):
         out, history = instance_optimise(model, pair, iterations=model.io_iterations)
         assert history[-1] <= history[0]
         after.append(_structure_dice(model, pair, out.ddf)[0])
-    assert np.mean(after) >= np.mean(before), (np.mean(before), np.mean(after))
+    rise = CLAIMS[f"{name} refinement"] - REFINEMENT_TOLERANCE
+    assert np.mean(after) >= np.mean(before) + rise, (np.mean(before), np.mean(after))
     for k, v in model.itn.state_dict().items():
         assert torch.equal(v, itn_state[k])
 

@@ -9,7 +9,10 @@ same total steps) trains alongside. Each model is then measured by
     python -m regzoo_jssr.study --seed 0 --out runs/jssr-study
     python -m regzoo_jssr.study --seed 1 model.seg_weight=1    # any override of the quick preset
 
-prints ``{"stage2": {...}, "joint": {...}, "continued": {...}, "mi": {...}}`` as JSON.
+prints ``{"stage2": {...}, "joint": {...}, "continued": {...}, "mi": {...}}`` as JSON. Several
+seeds (``--seed 0 1 2 3``) run one after the other and print ``{"seeds": {seed: {...}}, "spread":
+{...}}``: :func:`seed_spread`, each measure's mean, std, min and max over the seeds, with the
+registration Dice gains the README claims (``joint - continued``, ``joint - mi``).
 """
 
 from __future__ import annotations
@@ -18,18 +21,20 @@ import argparse
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from regzoo.config import resolve_config
 from regzoo.engine import Trainer, build_dataset
 from regzoo.errors import UserError
+from regzoo.metrics.summary import summarize
 
 from .evaluation import evaluate_jssr
 
-__all__ = ["run_study", "main"]
+__all__ = ["run_study", "seed_spread", "main"]
 
 # fit()'s own final evaluation is made cheap: the study measures with evaluate_jssr.
 _CHEAP_EVAL = ["eval.metrics=[dice]", "eval.max_pairs=1", "eval.overview=false"]
@@ -81,10 +86,51 @@ def run_study(
     return results
 
 
+def seed_spread(
+    by_seed: Mapping[int, Mapping[str, Mapping[str, float]]],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The spread over seeds of :func:`run_study`'s results.
+
+    Returns:
+        For each model (and ``gain``: the Dice differences ``joint - continued`` and
+        ``joint - mi``) and each measure: ``mean``, ``std`` (population), ``min``, ``max`` and
+        ``n`` over the seeds.
+    """
+    values: dict[str, dict[str, list[float]]] = {}
+    for results in by_seed.values():
+        gains = {
+            "joint - continued": results["joint"]["dice"] - results["continued"]["dice"],
+            "joint - mi": results["joint"]["dice"] - results["mi"]["dice"],
+        }
+        for model, measures in {**results, "gain": gains}.items():
+            for key, value in measures.items():
+                values.setdefault(model, {}).setdefault(key, []).append(float(value))
+    spread: dict[str, dict[str, dict[str, float]]] = {}
+    for model, measures in values.items():
+        for key, found in measures.items():
+            stats = summarize(found)
+            spread.setdefault(model, {})[key] = {
+                "mean": stats["mean"],
+                "std": stats["std"],
+                "min": min(found),
+                "max": max(found),
+                "n": stats["n"],
+            }
+    return spread
+
+
+def _rounded(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {str(k): _rounded(v) for k, v in tree.items()}
+    return round(tree, 4) if isinstance(tree, float) else tree
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: ``python -m regzoo_jssr.study [--seed N] [--out DIR] [overrides...]``."""
     parser = argparse.ArgumentParser(prog="python -m regzoo_jssr.study", description=__doc__)
-    parser.add_argument("--seed", type=int, default=0, help="train.seed of every run")
+    parser.add_argument(
+        "--seed", type=int, nargs="+", default=[0], help="train.seed of every run (several: spread)"
+    )
     parser.add_argument("--out", type=Path, help="folder for the runs (default: a temporary one)")
     parser.add_argument("--pairs", type=int, default=32, help="held-out pairs to measure on")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
@@ -94,14 +140,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--pairs must be at least 1, got {args.pairs}")
     torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="jssr-study-"))
+    by_seed = {}
     try:
-        results = run_study(args.seed, out, args.pairs, args.overrides)
+        for seed in args.seed:
+            folder = out if len(args.seed) == 1 else out / f"seed{seed}"
+            by_seed[seed] = run_study(seed, folder, args.pairs, args.overrides)
     except UserError as err:  # a bad override, as the regzoo command line reports it
         parser.exit(2, f"{parser.prog}: {err}\n")
     finally:
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)
-    print(json.dumps({k: {m: round(v, 4) for m, v in r.items()} for k, r in results.items()}))
+    if len(by_seed) == 1:
+        print(json.dumps(_rounded(next(iter(by_seed.values())))))
+    else:
+        print(json.dumps(_rounded({"seeds": by_seed, "spread": seed_spread(by_seed)})))
 
 
 if __name__ == "__main__":

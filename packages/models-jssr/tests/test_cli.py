@@ -133,3 +133,23 @@ def test_study_refuses_a_bad_override_in_one_line(override, named):
     )
     assert res.returncode == 2 and res.stdout == ""
     assert len(res.stderr.strip().splitlines()) == 1 and named in res.stderr, res.stderr
+
+
+def test_study_spread_over_seeds_has_the_claimed_gains():
+    from regzoo_jssr.study import seed_spread
+
+    def run(joint, continued, mi):
+        return {
+            "stage2": {"dice": 0.6},
+            "joint": {"dice": joint},
+            "continued": {"dice": continued},
+            "mi": {"dice": mi},
+        }
+
+    spread = seed_spread({2: run(0.73, 0.70, 0.72), 3: run(0.75, 0.70, 0.73)})
+    gain = spread["gain"]["joint - continued"]
+    assert gain["mean"] == pytest.approx(0.04) and gain["std"] == pytest.approx(0.01)
+    assert gain["min"] == pytest.approx(0.03) and gain["max"] == pytest.approx(0.05)
+    assert gain["n"] == 2
+    assert spread["gain"]["joint - mi"]["min"] == pytest.approx(0.01)
+    assert spread["joint"]["dice"]["max"] == pytest.approx(0.75)

@@ -238,8 +238,6 @@ def _train_quick(name: str, tmp_path, overrides=()) -> dict:
 # The README's claim for the quick preset: held-out Dice "rises by about 0.2 over the identity".
 # Checked on a seed the preset was not chosen on (it was chosen with train.seed=0), less TOLERANCE.
 QUICK_CLAIM, TOLERANCE, HELD_OUT_SEED = 0.2, 0.05, 1
-# VoxelMorph-diff after 300 quick steps (seed 1): measured Dice gain over the identity.
-DIFF_GAIN = 0.0
 
 
 @pytest.mark.slow
@@ -247,21 +245,18 @@ def test_quick_preset_raises_held_out_dice(tmp_path):
     """The default run (``regzoo train voxelmorph``) registers held-out synthetic pairs."""
     metrics = _train_quick("voxelmorph", tmp_path, [f"train.seed={HELD_OUT_SEED}"])
     gain = metrics["summary"]["dice"] - metrics["identity"]["dice"]
-    print("CALIBRATE vxm", gain)
     assert gain >= QUICK_CLAIM - TOLERANCE, metrics["summary"]
 
 
 @pytest.mark.slow
 def test_diff_leaves_almost_no_folds(tmp_path):
-    """VoxelMorph-diff after short training: under 0.1% of pixels with det J <= 0, on a field that
-    registers (its Dice gain over the identity is asserted too, so an identity field fails)."""
+    """VoxelMorph-diff after short training: under 0.1% of pixels with det J <= 0 (METHODS R1), on
+    a field that registers (above the identity's Dice, so an identity field fails)."""
     metrics = _train_quick(
         "voxelmorph-diff", tmp_path, ["train.steps=300", f"train.seed={HELD_OUT_SEED}"]
     )
     assert metrics["summary"]["folding"] < 1e-3, metrics["summary"]
-    gain = metrics["summary"]["dice"] - metrics["identity"]["dice"]
-    print("CALIBRATE diff", gain)
-    assert gain >= DIFF_GAIN - TOLERANCE, metrics["summary"]
+    assert metrics["summary"]["dice"] > metrics["identity"]["dice"], metrics["summary"]
 
 
 def test_training_steps_lower_the_loss_on_one_pair():

@@ -43,7 +43,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")  # before the module's other fixtures
 def _real_data() -> None:
     """With ``REGZOO_REQUIRE_REAL_DATA=1`` (CI) missing data fails the tests instead of skipping."""
     if not DATA.is_dir():

@@ -5,7 +5,7 @@ TransMorph-Tiny, trained with its ``quick`` recipe for 80 steps, raises the held
 registration by at least 0.1 (measured: 0.52 -> 0.66); every other variant takes training steps
 with a falling loss, and the diffeomorphic variants (-diff, -bspl) leave under 0.01% of the
 voxels folded on a field of 2 voxels RMS (their heads scaled up after training: 3 steps leave a
-near-identity field), where the plain dense head folds more than 1%.
+near-identity field), where the plain dense head folds more than 0.1%.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_variant_trains_with_falling_loss(name, train_pairs):
 HEADS = {"transmorph": "reg_head", "transmorph-diff": "flow_mean", "transmorph-bspl": "out_layer"}
 LARGE_FIELD = 2.0  # voxels, RMS displacement the scaled head must reach
 DIFFEOMORPHIC_FOLDING = 1e-4  # Learn2Reg's interior |J| <= 0 fraction, -diff and -bspl
-DENSE_FOLDING = 1e-2  # the plain dense head at the same size folds: the check can fail
+DENSE_FOLDING = 1e-3  # the plain dense head at that size folds (measured 0.37%): the check can fail
 
 
 def _assert_folding_on_a_large_field(model, batch, name: str) -> None:
@@ -113,7 +113,6 @@ def _assert_folding_on_a_large_field(model, batch, name: str) -> None:
                 p.mul_(min(LARGE_FIELD * 1.5 / max(rms, 1e-6), 1e4))
         assert rms >= LARGE_FIELD, f"{name}: the field stays at {rms:.3g} voxels RMS"
         folded = float(folding(ddf=ddf).max())
-    print("CALIBRATE", name, rms, folded)
     if name == "transmorph":
         assert folded > DENSE_FOLDING, f"a dense field of {rms:.2f} voxels RMS folds {folded:.2%}"
     else:

@@ -11,8 +11,9 @@ from scipy import ndimage
 
 import regzoo
 from regzoo.engine.instance import instance_optimise
-from regzoo.engine.optim import Optimizers, make_optimizer
+from regzoo.engine.optim import make_optimizer
 from regzoo.errors import ConfigError, UserError
+from regzoo.models import Optimizers
 from regzoo.spatial import affine_from_normalised, affine_to_ddf
 from regzoo_istn import MODELS
 from regzoo_istn.structures import label_structure, landmark_heatmap

@@ -24,7 +24,8 @@ from scipy.spatial.distance import dice as dice_dissimilarity
 
 import regzoo
 from regzoo.engine.instance import instance_optimise
-from regzoo.engine.optim import Optimizers, make_optimizer
+from regzoo.engine.optim import make_optimizer
+from regzoo.models import Optimizers
 from regzoo.spatial import warp
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import regzoo
-from regzoo.engine.optim import Optimizers, make_optimizer
+from regzoo.engine.optim import make_optimizer
 from regzoo.errors import ConfigError
+from regzoo.models import Optimizers
 from regzoo.testing import suite_config, tiny_batch
 from regzoo_jssr.model import STAGES
 from regzoo_jssr.networks import Generator, PatchDiscriminator, Register

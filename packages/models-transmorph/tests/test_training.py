@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import regzoo
-from regzoo.engine.optim import Optimizers, make_optimizer
+from regzoo.engine.optim import make_optimizer
 from regzoo.labels import warp_labels
 from regzoo.metrics import dice_per_label
+from regzoo.models import Optimizers
 
 QUICK = regzoo.get_entry("model", "transmorph-tiny").presets["quick"]
 POOL = 16  # training pairs, cycled

@@ -15,9 +15,10 @@ import torch
 
 import regzoo
 from regzoo.config import resolve_config
-from regzoo.engine.optim import Optimizers, make_optimizer
+from regzoo.engine.optim import make_optimizer
 from regzoo.engine.trainer import train
 from regzoo.labels import one_hot
+from regzoo.models import Optimizers
 from regzoo.spatial import jacobian_determinant, warp
 from regzoo.testing import check_model, parametrize_models, tiny_batch
 

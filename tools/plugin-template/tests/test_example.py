@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import regzoo
-from regzoo.engine.optim import Optimizers, make_optimizer
+from regzoo.engine.optim import make_optimizer
+from regzoo.models import Optimizers
 from regzoo.testing import check_model, parametrize_models
 
 DISTRIBUTION = "regzoo-models-example"

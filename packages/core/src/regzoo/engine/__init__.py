@@ -1,5 +1,6 @@
 """The training and evaluation engine shared by every model."""
 
+from ..models.optim import Optimizers
 from .checkpoint import (
     load_checkpoint,
     load_weights,
@@ -8,7 +9,7 @@ from .checkpoint import (
     versions,
 )
 from .evaluate import evaluate, summarize_cases
-from .optim import Optimizers, make_optimizer
+from .optim import make_optimizer
 from .runtime import Runtime, autocast, seed_everything, setup_runtime
 from .trainer import Trainer, TrainResult, build_dataset, build_model, train
 

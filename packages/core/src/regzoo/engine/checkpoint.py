@@ -109,16 +109,14 @@ def load_state(model: torch.nn.Module, state: Mapping[str, Any], path: str | Pat
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load weights from a regzoo checkpoint or a bare/foreign state-dict file into ``model``.
 
-    Files holding ``{"state_dict": ...}`` (as many authors release them) are accepted. A model with
-    a ``load_weights(state)`` method (e.g. one that remaps an official layout) handles its own: it
-    receives the ``state_dict`` entry when the file has one, and otherwise the file's whole content
-    (so a format such as VoxelMorph's ``{"config", "model_state"}`` reaches it with its config).
+    Files holding ``{"state_dict": ...}`` (as many authors release them) are accepted. The model's
+    :meth:`~regzoo.models.RegistrationModel.load_weights` hook reads it (and may remap an official
+    layout): it receives the ``state_dict`` entry when the file has one, and otherwise the file's
+    whole content (so a format such as VoxelMorph's ``{"config", "model_state"}`` reaches it with
+    its config).
     """
     ckpt = load_checkpoint(path)
     state = ckpt.get("state_dict", ckpt)
-    if not hasattr(model, "load_weights"):
-        load_state(model, state, path)
-        return
     with _fitting(path):
         model.load_weights(state)
 

@@ -35,7 +35,7 @@ import torch
 from ..atomic import atomic_dir, atomic_path
 from ..data.grid import normalize_intensity, resample
 from ..data.io import ImageInfo, load_image, save_ddf, save_image
-from ..errors import DataError, UserError
+from ..errors import DataError
 from ..labels import LabelTable, warp_labels
 from ..models import BATCH_LABEL_KEYS, RegistrationModel, RegistrationOutput
 from ..spatial import warp
@@ -136,18 +136,15 @@ def register_pair(
 
     ``lr`` is the instance optimisation's learning rate (``model.io_lr`` when None).
 
-    ``samples`` > 0 asks a sampling model (``model.sample(batch, k)``, e.g. TransMorph-Bayes) for
-    the mean field and a per-voxel uncertainty instead of one forward pass.
+    ``samples`` > 0 asks the model's :meth:`~regzoo.models.RegistrationModel.sample` hook
+    (e.g. TransMorph-Bayes) for the mean field and a per-voxel uncertainty instead of one forward
+    pass; a model that does not sample refuses with a :class:`UserError`.
 
     The model never sees the pair's label maps (original values of any size, not indices of its
     label table): :func:`write_outputs` warps them through :func:`regzoo.labels.warp_labels`.
     """
     batch = {k: v.to(device) for k, v in pair.batch.items() if k not in BATCH_LABEL_KEYS}
     if samples:
-        if not hasattr(model, "sample"):
-            raise UserError(
-                f"--samples: model {type(model).__name__} does not sample (no Monte-Carlo variant)"
-            )
         with torch.no_grad():
             return model.sample(batch, int(samples)), []
     return instance_optimise(model, batch, iterations, lr)

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, default_collate
 
 from ..atomic import atomic_path, write_text
 from ..errors import ConfigError, DataError, NonFiniteLossError, UserError
+from ..models import Optimizers
 from ..registry import build, create_model
 from .checkpoint import (
     first_line,
@@ -37,7 +38,7 @@ from .checkpoint import (
     versions,
 )
 from .evaluate import evaluate
-from .optim import Optimizers, make_optimizer
+from .optim import make_optimizer
 from .report import write_report
 from .rundir import check_resumable, claim_run_dir
 from .runtime import Runtime, autocast, seed_everything, setup_runtime

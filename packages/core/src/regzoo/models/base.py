@@ -1,14 +1,18 @@
 """The base class of every registered model.
 
-A model maps a batch (docs/conventions.md: ``moving``, ``fixed`` and optionally ``moving_label``,
-``fixed_label``, landmarks, ``labelled``, ``spacing``) to a :class:`RegistrationOutput`, and says
-how it is trained:
+A model maps a batch (the keys of :data:`~regzoo.models.output.BATCH_KEYS`; docs/conventions.md)
+to a :class:`RegistrationOutput`, and says how it is trained:
 
 - :meth:`loss` gives the training objective's terms (``"loss"`` is the total);
 - :meth:`objective` is the label-free objective used for instance optimisation at test time;
 - :meth:`parameter_groups` names the networks that get an optimiser each;
-- :meth:`training_step` does one step; methods with several networks or alternating updates
-  (GANs, 1:20 schedules, multi-stage training) override it and :meth:`stage`.
+- :meth:`training_step` does one step through the :class:`~regzoo.models.Optimizers` it
+  receives; methods with several networks or alternating updates (GANs, 1:20 schedules,
+  multi-stage training) override it and :meth:`stage`.
+
+Optional hooks, each with a default that fits most methods (docs/model-contract.md):
+:attr:`trainable`, :meth:`load_weights`, :meth:`sample`, :meth:`trajectory`, :meth:`io_parameters`.
+The engine calls them directly; it never probes a model for attributes.
 
 The engine owns everything else: devices, mixed precision, seeding, logging, checkpoints.
 """
@@ -16,16 +20,15 @@ The engine owns everything else: devices, mixed precision, seeding, logging, che
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..labels import LabelTable, warp_label_probabilities
+from .optim import Optimizers
 from .output import BATCH_LABEL_KEYS, RegistrationOutput
-
-if TYPE_CHECKING:
-    from ..engine.optim import Optimizers
 
 __all__ = ["RegistrationModel", "Batch"]
 
@@ -41,11 +44,15 @@ class RegistrationModel(nn.Module):
         label_table: the label table of the data (:class:`regzoo.labels.LabelTable`): the engine
             sets it from the training dataset and saves it in checkpoints; ``None`` without labels.
             Label maps in a batch hold its indices ``0 .. K-1``, not the original values.
+        trainable: ``False`` for a classical method (no learned weights, e.g. an iterative
+            optimiser run per pair): the engine then builds no optimiser, ``regzoo train`` runs no
+            step and only evaluates, and the conformance suite skips the training step.
     """
 
     io_iterations: int = 0
     io_lr: float = 1e-4
     label_table: LabelTable | None = None
+    trainable: bool = True
 
     def forward(self, batch: Batch) -> RegistrationOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -76,7 +83,7 @@ class RegistrationModel(nn.Module):
             return None
         labels = batch["moving_label"]
         if num_classes is None:
-            present = [batch[k].max() for k in BATCH_LABEL_KEYS if k in batch]
+            present = [batch[k].max() for k in ("moving_label", "fixed_label") if k in batch]
             num_classes = int(torch.stack(present).max()) + 1
             if self.label_table is not None:
                 num_classes = max(num_classes, self.label_table.num_classes)
@@ -100,3 +107,35 @@ class RegistrationModel(nn.Module):
         terms = self.loss(batch, out)
         optim.step(terms["loss"])
         return terms
+
+    def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load a state dict read from ``--weights FILE`` (a regzoo checkpoint or official weights).
+
+        ``state`` is the file's ``state_dict`` entry when it has one, else the file's whole
+        content. By default ``load_state_dict(state, strict=True)``. A method whose authors released
+        weights in another layout overrides this to rename, reshape or drop entries (e.g. a
+        PyTorch port of TensorFlow weights) and then calls ``load_state_dict``. Raise
+        ``KeyError``, ``ValueError`` or ``RuntimeError`` for weights that do not fit: the engine
+        reports them in one line naming the file.
+        """
+        self.load_state_dict(state, strict=True)
+
+    def sample(self, batch: Batch, k: int) -> RegistrationOutput:
+        """``k`` stochastic forward passes summarised (``regzoo register --samples K``).
+
+        A method with a probabilistic or Monte-Carlo variant returns the mean ``ddf``, ``warped``
+        by it, and ``uncertainty`` ``(B, 1, *S)`` (per-voxel variance of the displacement, voxels²),
+        without gradients. The default refuses: the method does not sample.
+        """
+        raise UserError(
+            f"--samples: model {type(self).__name__} does not sample (no Monte-Carlo variant)"
+        )
+
+    def trajectory(self, batch: Batch) -> list[torch.Tensor]:
+        """The intermediate transforms of the registration, as displacement fields.
+
+        A list of ``(B, ndim, *S)`` fields in voxels, from the first intermediate state to the
+        final ``ddf`` (which the list ends with): one per cascade stage, iteration or integration
+        step for methods that have them. The default is the one-step trajectory ``[ddf]``.
+        """
+        return [self(batch).ddf]

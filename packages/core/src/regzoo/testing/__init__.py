@@ -183,29 +183,11 @@ def check_build(name: str, ndim: int, model: torch.nn.Module | None = None) -> N
 
 
 def _check_output(name: str, ndim: int, out: Any, batch: Mapping[str, torch.Tensor]) -> None:
-    from ..models import RegistrationOutput
+    from ..models import contract_problem
 
-    if not isinstance(out, RegistrationOutput):
-        raise _fail(name, ndim, f"forward returned {type(out).__name__}, not RegistrationOutput")
-    b, size = batch["moving"].shape[0], tuple(batch["moving"].shape[2:])
-    expected = {
-        "warped": (b, batch["moving"].shape[1], *size),
-        "ddf": (b, ndim, *size),
-        "affine": (b, ndim, ndim + 1),
-    }
-    for key, tensor in out.tensors().items():
-        if not isinstance(tensor, torch.Tensor):
-            raise _fail(name, ndim, f"output {key!r} is a {type(tensor).__name__}, not a tensor")
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise _fail(name, ndim, f"output {key!r} has non-finite values")
-    for key, shape in expected.items():
-        tensor = getattr(out, key)
-        if tensor is not None and tuple(tensor.shape) != shape:
-            raise _fail(name, ndim, f"{key} has shape {tuple(tensor.shape)}, expected {shape}")
-    for key in ("warped_label", "moving_seg", "fixed_seg", "synthesized", "uncertainty"):
-        tensor = getattr(out, key)
-        if tensor is not None and (tensor.shape[0] != b or tuple(tensor.shape[2:]) != size):
-            raise _fail(name, ndim, f"{key} has shape {tuple(tensor.shape)}, expected (B, K, *S)")
+    problem = contract_problem(out, batch)
+    if problem is not None:
+        raise _fail(name, ndim, problem)
 
 
 def check_forward(name: str, ndim: int, model: torch.nn.Module | None = None) -> None:
@@ -224,9 +206,12 @@ def check_forward(name: str, ndim: int, model: torch.nn.Module | None = None) ->
 
 def check_training_step(name: str, ndim: int, model: torch.nn.Module | None = None) -> None:
     """One :meth:`training_step` with Adam: finite loss terms, finite gradients, weights move."""
-    from ..engine.optim import Optimizers, make_optimizer
+    from ..engine.optim import make_optimizer
+    from ..models import Optimizers
 
     model = (model if model is not None else build_for_test(name, ndim)).train()
+    if not model.trainable:
+        return
     batch = _batch_for(name, ndim)
     groups = {k: [p for p in v if p.requires_grad] for k, v in model.parameter_groups().items()}
     optim = Optimizers({k: make_optimizer(p, lr=1e-3) for k, p in groups.items() if p})

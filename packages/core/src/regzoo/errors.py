@@ -3,11 +3,21 @@
 Every error a user can cause (a bad file, an unknown name, a bad override, mismatched shapes) is a
 :class:`UserError`. The command line prints it as one line on stderr and exits with code 2; library
 callers can catch it like any other exception.
+
+A :class:`PluginError` is the other kind: a plugin's model broke the contract with core. It is
+also one line, with exit code 1 (a bug to report to the plugin's authors, not the user's to fix).
 """
 
 from __future__ import annotations
 
-__all__ = ["UserError", "UnknownNameError", "ConfigError", "DataError", "NonFiniteLossError"]
+__all__ = [
+    "UserError",
+    "UnknownNameError",
+    "ConfigError",
+    "DataError",
+    "NonFiniteLossError",
+    "PluginError",
+]
 
 
 class UserError(Exception):
@@ -31,3 +41,7 @@ class DataError(UserError):
 
 class NonFiniteLossError(UserError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class PluginError(Exception):
+    """A plugin's code broke the contract with core; the message names the model and plugin."""

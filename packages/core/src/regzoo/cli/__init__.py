@@ -1,7 +1,10 @@
 """The ``regzoo`` command line (Typer).
 
-A user error (bad file, unknown name, bad override) is one line on stderr and exit code 2;
-``--debug`` anywhere on the command line shows the traceback instead.
+A user error (bad file, unknown name, bad override) is one line on stderr and exit code 2. A
+failure in a plugin's code (a :class:`~regzoo.errors.PluginError`, or an exception raised in the
+plugin's modules) is one line naming the plugin and its version, exit code 1; anything else is an
+internal error of regzoo, exit code 1. ``--debug`` anywhere on the command line shows the
+traceback as well.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 
 import typer
 
-from ..errors import UserError
+from ..errors import PluginError, UserError
 from . import files  # noqa: F401  (registers register/apply)
 from .app import app
 
@@ -39,10 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (usage or isinstance(err, UserError)):
             if debug or os.environ.get("REGZOO_DEBUG"):
                 raise
-            print(
-                f"regzoo: internal error: {type(err).__name__}: {err} (rerun with --debug)",
-                file=sys.stderr,
-            )
+            print(f"regzoo: {_fault(err)} (rerun with --debug)", file=sys.stderr)
             return _exit(1, argv)
         if debug:
             traceback.print_exc()
@@ -50,6 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"regzoo: error: {' '.join(message.split())}", file=sys.stderr)
         code = 2
     return _exit(code, argv)
+
+
+def _fault(err: Exception) -> str:
+    """One line for an error that is not the user's: the plugin's, or regzoo's own."""
+    from ..faults import plugin_of_traceback
+
+    text = " ".join(str(err).split())
+    if isinstance(err, PluginError):
+        return f"error: {text}"
+    where = plugin_of_traceback(err.__traceback__)
+    what = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return f"error in {where}: {what}" if where else f"internal error: {what}"
 
 
 def _exit(code: int, argv: Sequence[str] | None) -> int:

@@ -2,13 +2,14 @@
 
 Registered datasets: ``synth`` (:class:`SynthDataset`), ``folder``
 (:class:`FolderDataset`) and ``learn2reg`` (:class:`Learn2RegDataset`). Items are dicts in the
-batch format of docs/conventions.md without the batch dimension; :func:`make_loader` batches them.
+batch format of docs/conventions.md without the batch dimension; :func:`make_loader` batches them
+for training, step by step (:class:`StepSampler`).
 """
 
 from .datasets import SynthDataset
 from .files import FilePairDataset, FolderDataset, Learn2RegDataset, Scan
 from .io import ImageInfo, load_ddf, load_image, save_ddf, save_image
-from .loader import collate, make_loader
+from .loader import StepSampler, collate, make_loader
 from .synth import SynthMorphGenerator
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "save_image",
     "save_ddf",
     "load_ddf",
+    "StepSampler",
     "make_loader",
     "collate",
 ]

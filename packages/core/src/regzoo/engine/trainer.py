@@ -5,8 +5,12 @@ device and distributed set-up, seeding, the data stream, mixed precision, progre
 CSV log, checkpoints (atomic, resumable, with config and versions), validation and stopping on a
 non-finite loss with the last good checkpoint kept.
 
-The data order is a pure function of ``(seed, step)``, and the checkpoint holds the RNG states, so
-a resumed run continues exactly where an uninterrupted one would have gone.
+The data order is a pure function of ``(seed, step)`` (:class:`~regzoo.data.loader.StepSampler`,
+fed through a DataLoader with ``train.workers`` worker processes), and the checkpoint holds the RNG
+states, so a resumed run continues exactly where an uninterrupted one would have gone, whatever
+the number of workers. At the first step the engine checks the model's output against the
+contract (:func:`regzoo.models.contract_problem`) and stops with a :class:`PluginError` naming the
+model and its plugin.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextlib
 import csv
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +27,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from ..atomic import atomic_path, write_text
-from ..errors import ConfigError, DataError, NonFiniteLossError, UserError
-from ..models import Optimizers
-from ..registry import build, create_model
+from ..data.loader import StepSampler, make_loader
+from ..errors import ConfigError, DataError, NonFiniteLossError, PluginError, UserError
+from ..faults import plugin_label
+from ..models import Optimizers, contract_problem
+from ..registry import build, create_model, get_entry
 from .checkpoint import (
     first_line,
     load_checkpoint,
@@ -69,35 +75,6 @@ def build_dataset(cfg: DictConfig, split: str) -> Dataset:
     """The ``split`` (``train``/``val``/``test``) of the dataset ``cfg.data`` describes."""
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     return build("dataset", {**data_cfg, "split": split})
-
-
-class StepSampler:
-    """Indices of the items of step ``s``: a fixed stream of seeded epoch permutations.
-
-    In a distributed run the global batch is ``batch_size * world_size`` consecutive items of the
-    stream; rank r takes its own slice, so N processes see the same items as one process with the
-    combined batch.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        if n == 0:
-            raise ConfigError("the training split of the dataset is empty")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self._perm: tuple[int, torch.Tensor] | None = None
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perm = (epoch, torch.randperm(self.n, generator=g))
-        return self._perm[1]
-
-    def indices(self, step: int) -> list[int]:
-        start = (step * self.world_size + self.rank) * self.batch_size
-        out = []
-        for pos in range(start, start + self.batch_size):
-            out.append(int(self._permutation(pos // self.n)[pos % self.n]))
-        return out
 
 
 class CsvLog:
@@ -190,7 +167,7 @@ class Trainer:
             self.runtime.rank,
             self.runtime.world_size,
         )
-        self.optim = self._make_optimizers()
+        self.optim = self._make_optimizers() if self.model.trainable else Optimizers({})
         self.step = 0
         self.best: float | None = None
         if cfg.train.compile:
@@ -215,14 +192,48 @@ class Trainer:
             scaler = torch.amp.GradScaler("cuda")
         return Optimizers(optimizers, schedulers, t.grad_clip, scaler)
 
-    def _batch(self, step: int) -> dict[str, Any]:
-        items = [self.train_set[i] for i in self.sampler.indices(step)]
-        batch = default_collate(items)
+    def _batches(self, stop: int) -> Iterator[dict[str, Any]]:
+        """The batches of steps ``self.step`` to ``stop - 1``, on the device."""
+        self.sampler.start, self.sampler.stop = self.step, stop
+        loader = make_loader(
+            self.train_set,
+            self.sampler,
+            workers=int(self.cfg.train.workers),
+            seed=int(self.cfg.train.seed),
+            pin_memory=self.runtime.device.type == "cuda",
+        )
         dev = self.runtime.device
-        return {
-            k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()
-        }
+        for batch in loader:
+            yield {
+                k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()
+            }
+
+    def _checked_step(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
+        """``training_step``, checking the model's first output on ``batch`` against the contract.
+
+        The output is caught where the model is called (a forward hook), so the check costs no
+        extra pass; a model whose step never calls it is run once more on the batch, without
+        gradients and with the RNG state restored.
+        """
+        seen: list[Any] = []
+        handle = self.model.register_forward_hook(lambda _m, _args, out: seen.append(out))
+        try:
+            terms = self.model.training_step(batch, self.optim, step)
+        finally:
+            handle.remove()
+        if not seen:
+            devices = [self.runtime.device] if self.runtime.device.type == "cuda" else []
+            with torch.no_grad(), torch.random.fork_rng(devices):
+                seen.append(self.model(batch))
+        problem = contract_problem(seen[0], batch)
+        if problem is not None:
+            name = str(self.cfg.model.name)
+            raise PluginError(
+                f"model {name!r} ({plugin_label(get_entry('model', name).plugin)}) broke the "
+                f"output contract at step {step + 1}: {problem}"
+            )
+        return terms
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _payload(self, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -295,14 +306,24 @@ class Trainer:
         end = total if stop_at is None else min(int(stop_at), total)
         display = _Progress(total, self.step, enabled=self.progress)
         start = time.perf_counter()
+        if not self.model.trainable:
+            end = self.step
+            if self.runtime.is_main:
+                print(
+                    f"regzoo: model {self.cfg.model.name!r} is not trainable (a classical "
+                    "method): no optimisation, evaluating",
+                    file=sys.stderr,
+                )
         self.model.train()
         try:
-            while self.step < end:
+            for batch in self._batches(end):
                 step = self.step
                 stage = self.model.stage(step)
-                batch = self._batch(step)
                 with autocast(self.runtime.device, t.amp):
-                    terms = self.model.training_step(batch, self.optim, step)
+                    if step == 0:
+                        terms = self._checked_step(batch, step)
+                    else:
+                        terms = self.model.training_step(batch, self.optim, step)
                 self.step = step + 1
                 values = {k: _scalar(v) for k, v in terms.items()}
                 if self.runtime.is_main:
@@ -333,7 +354,7 @@ class Trainer:
             self._check_ranks_in_sync()
         self.save()
         metrics = None
-        if self.runtime.is_main and self.step >= total:
+        if self.runtime.is_main and (self.step >= total or not self.model.trainable):
             metrics = self.final_evaluation()
         if self.runtime.distributed:
             dist.barrier()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 
 from regzoo.config import resolve_config
 from regzoo.engine import Trainer, load_checkpoint, save_checkpoint, train
-from regzoo.errors import ConfigError, NonFiniteLossError, UserError
+from regzoo.errors import ConfigError, DataError, NonFiniteLossError, UserError
 from regzoo.models import RegistrationModel, RegistrationOutput
 from regzoo.registry import register_dataset, register_model
 from regzoo.spatial import warp
@@ -48,6 +49,25 @@ class ShiftPairs(torch.utils.data.Dataset):
         }
 
 
+@register_dataset("engine-test-shift-pid", summary="engine-test-shift; items name their process.")
+class ShiftPairsWithPid(ShiftPairs):
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), "loaded_by": torch.tensor(os.getpid())}
+
+
+@register_dataset("engine-test-mixed", summary="Pairs of two sizes (they cannot share a batch).")
+class MixedSizes(torch.utils.data.Dataset):
+    def __init__(self, ndim: int = 2, split: str = "train"):
+        self.sizes = [8, 8, 12, 12]
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, i):
+        image = torch.rand(1, self.sizes[i], self.sizes[i])
+        return {"moving": image, "fixed": image, "fixed_path": f"case{i}.nii.gz"}
+
+
 class GlobalShift(RegistrationModel):
     """Learns one translation; ``nan_at`` poisons the loss at that step (for the NaN test)."""
 
@@ -56,8 +76,11 @@ class GlobalShift(RegistrationModel):
         self.shift = nn.Parameter(torch.zeros(ndim))
         self.nan_at = nan_at
         self.calls = 0
+        self.loaded_by: set[int] = set()  # process ids that loaded the batches
 
     def forward(self, batch):
+        if self.training and "loaded_by" in batch:
+            self.loaded_by.update(batch["loaded_by"].tolist())
         m = batch["moving"]
         ddf = self.shift.view(1, -1, 1, 1).expand(m.shape[0], -1, *m.shape[2:])
         return RegistrationOutput(warped=warp(m, ddf), ddf=ddf)
@@ -119,6 +142,51 @@ def test_resume_continues_to_the_same_weights(tmp_path):
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     steps = [int(r["step"]) for r in csv.DictReader((tmp_path / "part" / "log.csv").open())]
     assert steps == sorted(set(steps)) and steps[-1] == 20
+
+
+def test_workers_load_off_the_training_process_and_change_no_weight(tmp_path):
+    """``train.workers=2`` loads the batches in worker processes and trains to the same weights
+    as loading them in the training process (the items of a step depend on (seed, step) only)."""
+    weights, loaders = {}, {}
+    for workers in (0, 2):
+        cfg = _cfg("train.steps=20", "data.name=engine-test-shift-pid", f"train.workers={workers}")
+        trainer = Trainer(cfg, tmp_path / str(workers), progress=False)
+        trainer.fit(stop_at=20)
+        weights[workers] = trainer.model.shift.detach().clone()
+        loaders[workers] = trainer.model.loaded_by
+    assert loaders[0] == {os.getpid()}
+    assert loaders[2] and os.getpid() not in loaders[2]
+    assert torch.equal(weights[0], weights[2])
+    assert not torch.equal(weights[0], torch.zeros(2))
+
+
+def test_a_batch_of_mixed_sizes_is_a_data_error_during_training(tmp_path):
+    cfg = _cfg("data.name=engine-test-mixed", "train.batch_size=4")
+    with pytest.raises(DataError, match="different sizes .* case"):
+        Trainer(cfg, tmp_path, progress=False).fit()
+
+
+class NoLearning(GlobalShift):
+    """A classical method: nothing to train (its ``shift`` stays the identity)."""
+
+    trainable = False
+
+
+register_model(
+    "engine-test-classical",
+    summary="Test model: not trainable.",
+    tags=("2d",),
+    presets={"quick": {"data": {"name": "engine-test-shift"}, "train": {"steps": 30}}},
+)(NoLearning)
+
+
+def test_a_model_that_is_not_trainable_is_evaluated_without_steps(tmp_path, capsys):
+    cfg = resolve_config("engine-test-classical", None, ["eval.metrics=[dice]"])
+    result = train(cfg, tmp_path, progress=False)
+    assert result.step == 0 and result.metrics is not None
+    assert "not trainable" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "last.pt")["state_dict"]["shift"].abs().sum() == 0
+    assert not (tmp_path / "log.csv").exists()  # no step logged
 
 
 def test_stop_at_checkpoints_midway_and_resume_finishes_the_same_schedule(tmp_path):

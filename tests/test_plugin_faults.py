@@ -48,12 +48,12 @@ def test_a_channels_last_field_stops_at_step_one_naming_model_plugin_and_shape(
     assert not (tmp_path / "log.csv").exists() and not (tmp_path / "last.pt").exists()
 
 
-def test_an_exception_in_forward_names_the_plugin_and_its_version(
-    faulty_plugin, tmp_path, capsys
-):
+def test_an_exception_in_forward_names_the_plugin_and_its_version(faulty_plugin, tmp_path, capsys):
     code, err = _train("faulty-raises", tmp_path, capsys)
     assert code == 1 and len(err) == 1, err
-    assert err[0].startswith("regzoo: error in plugin regzoo-models-faulty 0.3 (faulty_plugin.model")
+    assert err[0].startswith(
+        "regzoo: error in plugin regzoo-models-faulty 0.3 (faulty_plugin.model"
+    )
     assert "RuntimeError: the faulty plugin's forward failed" in err[0]
     assert "--debug" in err[0]
     with pytest.raises(RuntimeError, match="forward failed"):

@@ -14,7 +14,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 import regzoo
-from regzoo.data import load_ddf, load_image, make_loader, save_ddf, save_image
+from regzoo.data import StepSampler, load_ddf, load_image, make_loader, save_ddf, save_image
 from regzoo.data.grid import normalize_intensity, resample
 from regzoo.errors import ConfigError, DataError
 from regzoo.spatial import warp
@@ -203,7 +203,7 @@ def test_folder_dataset_reads_labels_and_anisotropic_spacing(tmp_path: Path) -> 
     torch.testing.assert_close(item["spacing"], torch.tensor([1.2, 0.8, 2.0]))
     assert item["fixed_affine"].dtype == torch.float64
     assert 0.0 <= float(item["fixed"].min()) and float(item["fixed"].max()) <= 1.0
-    batch = next(iter(make_loader(ds, batch_size=2, shuffle=True, seed=1)))
+    batch = next(iter(make_loader(ds, StepSampler(len(ds), 2, seed=1, stop=1))))
     assert batch["moving"].shape == (2, 1, 16, 16, 8) and len(batch["moving_path"]) == 2
 
     atlas = regzoo.build(
@@ -311,7 +311,7 @@ def test_collate_names_files_of_different_sizes(tmp_path: Path) -> None:
     _write_subject(tmp_path, "b", *_blob((8, 8, 24), 1), np.eye(4))
     ds = regzoo.build("dataset", {"name": "folder", "root": str(tmp_path), "pairing": "all"})
     with pytest.raises(DataError, match="different sizes"):
-        next(iter(make_loader(ds, batch_size=2)))
+        next(iter(make_loader(ds, StepSampler(len(ds), 2, seed=0, stop=1))))
 
 
 def _learn2reg(tmp_path: Path, shape: tuple[int, ...] = (8, 8, 8)) -> Path:

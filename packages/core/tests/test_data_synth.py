@@ -10,7 +10,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 import regzoo
-from regzoo.data import SynthDataset, make_loader
+from regzoo.data import StepSampler, SynthDataset, make_loader
 from regzoo.data.synth import (
     gaussian_blur,
     perlin_noise,
@@ -66,7 +66,7 @@ def test_shapes_and_dtypes(ndim: int, size: int) -> None:
         assert item[key].shape == shape and item[key].dtype == torch.int64
         assert 0 <= int(item[key].min()) and int(item[key].max()) < 6
     assert item["spacing"].dtype == torch.float32 and torch.equal(item["spacing"], torch.ones(ndim))
-    batch = next(iter(make_loader(ds, batch_size=2, shuffle=True, seed=0)))
+    batch = next(iter(make_loader(ds, StepSampler(len(ds), 2, seed=0, stop=1))))
     assert batch["moving"].shape == (2, *shape) and batch["moving_label"].shape == (2, *shape)
 
 
@@ -210,12 +210,12 @@ def test_perlin_noise_is_smooth_and_scaled() -> None:
 
 def test_workers_regenerate_the_same_items() -> None:
     ds = _synth(num_labels=6, length=8)
-    main = list(make_loader(ds, batch_size=4, shuffle=True, seed=5))
-    workers = list(make_loader(ds, batch_size=4, shuffle=True, seed=5, workers=2))
+    main = list(make_loader(ds, StepSampler(len(ds), 4, seed=5, stop=2)))
+    workers = list(make_loader(ds, StepSampler(len(ds), 4, seed=5, stop=2), workers=2))
     assert len(main) == len(workers) == 2
     for a, b in zip(main, workers):
         assert torch.equal(a["moving"], b["moving"]) and torch.equal(
             a["fixed_label"], b["fixed_label"]
         )
-    other = list(make_loader(ds, batch_size=4, shuffle=True, seed=6))
+    other = list(make_loader(ds, StepSampler(len(ds), 4, seed=6, stop=2)))
     assert not all(torch.equal(a["moving"], b["moving"]) for a, b in zip(main, other))

@@ -45,17 +45,8 @@ from ..atomic import atomic_path
 from ..errors import DataError
 from .grid import grid_spacing, resample
 
-__all__ = [
-    "ImageInfo",
-    "load_image",
-    "image_ndim",
-    "save_image",
-    "save_ddf",
-    "load_ddf",
-    "NIFTI_INTENT_VECTOR",
-]
+__all__ = ["ImageInfo", "load_image", "image_ndim", "save_image", "save_ddf", "load_ddf"]
 
-NIFTI_INTENT_VECTOR = 1007
 _RAS = axcodes2ornt(("R", "A", "S"))
 _LPS = np.array([-1.0, -1.0, 1.0])
 

@@ -28,9 +28,7 @@ from ..models import RegistrationOutput
 from ..registry import build
 from .overview import render_overview
 
-__all__ = ["evaluate", "summarize_cases", "evaluate_case", "check_finite_output", "SUMMARY_KEYS"]
-
-SUMMARY_KEYS = ("dice", "hd95", "sdlogj", "folding", "runtime_s")
+__all__ = ["evaluate", "summarize_cases", "evaluate_case", "check_finite_output"]
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:

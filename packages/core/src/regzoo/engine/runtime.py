@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 
-__all__ = ["Runtime", "setup_runtime", "seed_everything", "autocast", "is_main_process"]
+__all__ = ["Runtime", "setup_runtime", "seed_everything", "autocast"]
 
 
 @dataclass
@@ -69,10 +69,6 @@ def setup_runtime(device: str | None = "auto", threads: int | None = None) -> Ru
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Runtime(dev, rank, world)
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def seed_everything(seed: int) -> None:

@@ -267,7 +267,10 @@ def test_folder_dataset_layouts_and_splits(tmp_path: Path) -> None:
     assert all("train" in Path(s.image).name for s in train.scans)
     items = [val[i] for i in range(2)]
     assert items[0]["moving"].shape == (1, 16, 16)
-    assert {bool(it["labelled"]) for it in items} == {False}
+    for it in items:  # each pair has one label map of two: per-image flags say which
+        for side in ("moving", "fixed"):
+            assert bool(it[f"{side}_labelled"]) == bool(it[f"{side}_label"].any())
+        assert not (it["moving_labelled"] and it["fixed_labelled"])
     assert int(items[0]["moving_label"].max() + items[0]["fixed_label"].max()) > 0
 
 

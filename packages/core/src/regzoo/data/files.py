@@ -12,7 +12,8 @@ Both build every item the same way (:class:`FilePairDataset`):
 Items: ``moving``, ``fixed`` ``(1, *S)`` float32; ``moving_label``, ``fixed_label`` ``(1, *S)``
 int64 indices into the dataset's ``label_table`` (:class:`regzoo.labels.LabelTable`, the sorted
 label values of every split) when the dataset has label maps (where some images lack one,
-missing maps are zeros and ``labelled`` says whether both exist); ``moving_landmarks``, ``fixed_landmarks`` ``(N, ndim)``
+missing maps are zeros and the flags ``moving_labelled``, ``fixed_labelled`` say which exist);
+``moving_landmarks``, ``fixed_landmarks`` ``(N, ndim)``
 float32 model-grid voxels where both images have landmarks (Learn2Reg keypoints); ``spacing``
 ``(ndim,)`` float32 mm of the model grid;
 ``fixed_affine`` ``(4, 4)`` float64 voxel-to-RAS of the model grid; ``moving_path``,
@@ -290,9 +291,8 @@ class FilePairDataset(Dataset):
             )
             item["fixed_label"] = zeros if fixed_label is None else onto(fixed_label, finfo, True)
             if self.partially_labelled:
-                item["labelled"] = torch.tensor(
-                    moving_label is not None and fixed_label is not None
-                )
+                item["moving_labelled"] = torch.tensor(moving_label is not None)
+                item["fixed_labelled"] = torch.tensor(fixed_label is not None)
         if moving_scan.landmarks and fixed_scan.landmarks:
             moving_points = _landmarks(moving_scan.landmarks, minfo, affine)
             fixed_points = _landmarks(fixed_scan.landmarks, finfo, affine)

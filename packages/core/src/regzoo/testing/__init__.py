@@ -116,8 +116,8 @@ def tiny_batch(
 
     ``moving``/``fixed`` ``(B, channels, *S)`` float32, ``moving_label``/``fixed_label``
     ``(B, 1, *S)`` int64 with ``num_classes`` classes (intensity quantiles of the image),
-    ``moving_landmarks``/``fixed_landmarks`` ``(B, 4, ndim)`` voxel coordinates, ``labelled``
-    ``(B,)`` bool and ``spacing`` ``(B, ndim)`` mm.
+    ``moving_landmarks``/``fixed_landmarks`` ``(B, 4, ndim)`` voxel coordinates,
+    ``moving_labelled``/``fixed_labelled`` ``(B,)`` bool and ``spacing`` ``(B, ndim)`` mm.
     """
     size = tuple(size or DEFAULT_SIZES[ndim])
     gen = torch.Generator().manual_seed(seed)
@@ -135,7 +135,8 @@ def tiny_batch(
         batch[f"{key}_label"] = torch.bucketize(grey.contiguous(), edges).long()
         extent = torch.tensor(size, dtype=torch.float32) - 1
         batch[f"{key}_landmarks"] = torch.rand(batch_size, 4, ndim, generator=gen) * extent
-    batch["labelled"] = torch.ones(batch_size, dtype=torch.bool)
+    for key in ("moving", "fixed"):
+        batch[f"{key}_labelled"] = torch.ones(batch_size, dtype=torch.bool)
     batch["spacing"] = torch.ones(batch_size, ndim)
     return batch
 

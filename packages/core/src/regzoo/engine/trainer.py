@@ -212,28 +212,43 @@ class Trainer:
     def _checked_step(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
         """``training_step``, checking the model's first output on ``batch`` against the contract.
 
-        The output is caught where the model is called (a forward hook), so the check costs no
-        extra pass; a model whose step never calls it is run once more on the batch, without
-        gradients and with the RNG state restored.
+        The output is checked where the model is called (a forward hook), before any loss or
+        update uses it, at no extra cost; a model whose step never calls it is run once more on
+        the batch, in evaluation mode, without gradients and with the RNG state restored.
         """
-        seen: list[Any] = []
-        handle = self.model.register_forward_hook(lambda _m, _args, out: seen.append(out))
+        checked = False
+
+        def check(_module: Any, args: tuple[Any, ...], out: Any) -> None:
+            nonlocal checked
+            if not checked:
+                checked = True  # against the batch of this call: a step may pass a sub-batch
+                first = args[0] if args else None
+                called = first if isinstance(first, Mapping) and "moving" in first else batch
+                self._check_output(out, called, step)
+
+        handle = self.model.register_forward_hook(check)
         try:
             terms = self.model.training_step(batch, self.optim, step)
         finally:
             handle.remove()
-        if not seen:
+        if not checked:
             devices = [self.runtime.device] if self.runtime.device.type == "cuda" else []
-            with torch.no_grad(), torch.random.fork_rng(devices):
-                seen.append(self.model(batch))
-        problem = contract_problem(seen[0], batch)
+            self.model.eval()  # no running statistics updated by this extra pass
+            try:
+                with torch.no_grad(), torch.random.fork_rng(devices):
+                    self._check_output(self.model(batch), batch, step)
+            finally:
+                self.model.train()
+        return terms
+
+    def _check_output(self, out: Any, batch: dict[str, Any], step: int) -> None:
+        problem = contract_problem(out, batch)
         if problem is not None:
             name = str(self.cfg.model.name)
             raise PluginError(
                 f"model {name!r} ({plugin_label(get_entry('model', name).plugin)}) broke the "
                 f"output contract at step {step + 1}: {problem}"
             )
-        return terms
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _payload(self, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:

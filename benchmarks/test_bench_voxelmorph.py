@@ -19,7 +19,8 @@ MONAI_CHANNELS = (16, 32, 32, 32, 32, 32, 32, 32)
 
 def regzoo_step(ndim: int, device: torch.device):
     import regzoo
-    from regzoo.engine.optim import Optimizers, make_optimizer
+    from regzoo.engine.optim import make_optimizer
+    from regzoo.models import Optimizers
 
     model = regzoo.create_model("voxelmorph", ndim=ndim).to(device)
     optim = Optimizers({"model": make_optimizer(model.parameters(), lr=1e-4)})

@@ -237,7 +237,10 @@ def make_manifest(package: str) -> dict[str, Any]:
     for kind in KINDS:
         for name in list_entries("*", kind)[kind]:
             entry = get_entry(kind, name)
-            if entry.plugin == owner:
+            module = getattr(entry.builder, "__module__", None) or ""
+            # Core's own entries only: not those a script or test registered in this process.
+            ours = owner != CORE_PACKAGE or module.split(".")[0] == CORE_PACKAGE
+            if entry.plugin == owner and ours:
                 found.append(entry.to_dict())
     return {"format": FORMAT, "package": package, "entries": found}
 

@@ -15,7 +15,8 @@ from scipy.ndimage import gaussian_filter
 
 import regzoo
 from regzoo.data import StepSampler, load_ddf, load_image, make_loader, save_ddf, save_image
-from regzoo.data.grid import normalize_intensity, resample
+from regzoo.data.grid import resample
+from regzoo.data.preprocess import normalize_intensity
 from regzoo.errors import ConfigError, DataError
 from regzoo.spatial import warp
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -278,6 +279,37 @@ def _data_overrides(path: Path) -> list[str]:
     raise UserError(f"--data: not a folder or dataset.json: {path}")
 
 
+def preprocessing_of(name: str, ckpt: Any, model: str, weights: Path | None) -> tuple[Any, str]:
+    """The preprocessing of a run and the line to say about it.
+
+    What checkpoint ``model`` (``ckpt``) or a ``--weights`` checkpoint records, else the model's
+    defaults (:func:`regzoo.data.preprocess.recorded_preprocessing`); the line (for stderr, once
+    the weights have loaded) is empty unless a given file recorded none.
+    """
+    from ..data.preprocess import recorded_preprocessing
+    from ..engine.checkpoint import load_checkpoint
+
+    recorded = ckpt if ckpt is not None or weights is None else load_checkpoint(weights)
+    config = recorded.get("config") if isinstance(recorded, Mapping) else None
+    prep, found = recorded_preprocessing(
+        config.get("data") if isinstance(config, Mapping) else None, name
+    )
+    note = ""
+    if not found and recorded is not None:
+        source = model if ckpt is not None else weights
+        note = f"{source} records no preprocessing; using {name}'s defaults ({prep.describe()})"
+    return prep, note
+
+
+def _preprocessing_overrides(
+    ckpt: Any, model: str, weights: Path | None = None
+) -> tuple[list[str], str]:
+    """``--data``: the recorded preprocessing (:func:`preprocessing_of`) as ``data.*`` overrides."""
+    name = ckpt["config"]["model"]["name"] if ckpt is not None else get_entry("model", model).name
+    prep, note = preprocessing_of(name, ckpt, model, weights)
+    return [f"data.{k}={json.dumps(v)}" for k, v in prep.to_config().items()], note
+
+
 @app.command("evaluate")
 def evaluate_command(
     model: Annotated[
@@ -317,13 +349,19 @@ def evaluate_command(
     from ..engine.trainer import build_model
     from ..labels import LabelTable
 
-    items = list(overrides or []) + (_data_overrides(data) if data else [])
+    items, note = list(overrides or []), ""
     if Path(model).is_file() or model.endswith((".pt", ".pth", ".ckpt")) or "/" in model:
         ckpt = load_checkpoint(model)  # a path: a clear error when it is missing or broken
         if "config" not in ckpt or "state_dict" not in ckpt:
             raise UserError(f"{model}: not a regzoo checkpoint (no config/state_dict)")
+        if data:
+            preprocessing, note = _preprocessing_overrides(ckpt, model)
+            items = _data_overrides(data) + preprocessing + items
         cfg = resolve_config(None, None, items, base=ckpt["config"])
     else:
+        if data:
+            preprocessing, note = _preprocessing_overrides(None, model, weights)
+            items = _data_overrides(data) + preprocessing + items
         ckpt, cfg = None, resolve_config(model, None, items)
     runtime = setup_runtime(device, threads)
     net = build_model(cfg, model if ckpt is not None else None)
@@ -332,6 +370,8 @@ def evaluate_command(
         net.label_table = LabelTable.from_checkpoint(ckpt)
     if weights is not None:
         load_weights(net, weights)
+    if note:
+        typer.echo(note, err=True)
     net.to(runtime.device)
     dataset = build_dataset(cfg, cfg.eval.split)
     if out is not None:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import DataError, UserError
-from .app import DeviceOpt, JsonOpt, ThreadsOpt, app
+from .app import DeviceOpt, JsonOpt, ThreadsOpt, app, preprocessing_of
 
 PathOpt = Optional[Path]
 
@@ -117,14 +117,17 @@ def _plan_outputs(todo: list, out: Path, names: list[Path], force: bool, resume:
 def _load_model(model: str, weights: Path | None, ndim: int):
     """A checkpoint path, or a registered name (optionally with ``--weights``) built for ``ndim``.
 
-    Returns the network and the intensity normalisation it expects. A checkpoint whose config
-    names another dimensionality than ``ndim`` is refused before the network is built.
+    Returns ``(network, preprocessing)``: the preprocessing the checkpoint (or ``--weights``
+    checkpoint) records, else the model's defaults, said in one line on stderr once the weights
+    have loaded. A checkpoint whose config names another dimensionality than ``ndim`` is refused
+    before the network is built.
     """
     import torch
 
     from ..engine.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
     from ..registry import create_model, get_entry
 
+    ckpt = None
     if Path(model).is_file():
         ckpt = load_checkpoint(model)
         if "config" not in ckpt or "state_dict" not in ckpt:
@@ -138,15 +141,21 @@ def _load_model(model: str, weights: Path | None, ndim: int):
                 f"{model}: a {int(net_ndim)}D model cannot register {ndim}D images; "
                 f"use a {ndim}D checkpoint"
             )
-        net, normalize = model_from_checkpoint(ckpt, model), cfg.get("data", {}).get("normalize")
+        name = cfg["model"]["name"]
     else:
-        entry = get_entry("model", model)
-        kwargs = {"ndim": ndim} if "ndim" in entry.default_config() else {}
+        name = get_entry("model", model).name
+    prep, note = preprocessing_of(name, ckpt, model, weights)
+    if ckpt is not None:
+        net = model_from_checkpoint(ckpt, model)
+    else:
+        kwargs = {"ndim": ndim} if "ndim" in get_entry("model", name).default_config() else {}
         torch.manual_seed(0)  # an untrained network (instance optimisation alone) repeats
-        net, normalize = create_model(model, **kwargs), None
+        net = create_model(name, **kwargs)
     if weights is not None:
         load_weights(net, weights)
-    return net, normalize or "percentile"
+    if note:
+        typer.echo(note, err=True)
+    return net, prep
 
 
 REGISTER_HELP = """Register moving images to fixed ones; write warped image, field and warped labels.
@@ -250,7 +259,7 @@ def register_command(
     if out.is_dir() and (pairs is not None or learn2reg):
         remove_stale(out)  # left by a killed batch
     runtime = setup_runtime(device, threads)
-    net, normalize = _load_model(model, weights, ndim)
+    net, preprocessing = _load_model(model, weights, ndim)
     net = net.to(runtime.device).eval()
     steps = net.io_iterations if iterations is None else iterations
     report = []
@@ -261,7 +270,7 @@ def register_command(
             if not as_json:
                 typer.echo(f"{target}: written by an earlier run, skipped (--resume)")
             continue
-        loaded = load_pair(p, normalize)
+        loaded = load_pair(p, preprocessing)
         result, history = register_pair(net, loaded, steps, samples, runtime.device, lr)
         check_result(p, result, net, 0 if samples else steps, lr)
         try:
@@ -310,10 +319,8 @@ def apply_command(
     import numpy as np
     import torch
 
-    from ..data.grid import resample
+    from ..data.grid import resample, same_grid
     from ..data.io import load_ddf, load_image, save_image
-    from ..labels import warp_labels
-    from ..spatial import warp
 
     _check_exists(ddf, image)
     if out.is_dir():
@@ -330,17 +337,18 @@ def apply_command(
     if info.ndim != finfo.ndim:
         raise DataError(f"{image}: a {info.ndim}D image does not fit the {finfo.ndim}D field {ddf}")
     t = torch.from_numpy(np.ascontiguousarray(array))[None]
-    same_grid = info.shape == finfo.shape and np.allclose(
-        info.grid_affine, finfo.grid_affine, atol=1e-4
+    # one interpolation in physical space, whichever grid the image lies on
+    warped = resample(
+        t,
+        info.grid_affine,
+        finfo.shape,
+        finfo.grid_affine,
+        "nearest" if labels else "bilinear",
+        ddf=torch.from_numpy(field),
     )
-    if not same_grid:
-        t = resample(
-            t, info.grid_affine, finfo.shape, finfo.grid_affine, "nearest" if labels else "bilinear"
-        )
-    u = torch.from_numpy(field)[None]
-    warped = warp_labels(t[None], u) if labels else warp(t[None].float(), u)
+    on_field_grid = same_grid(info.shape, info.grid_affine, finfo.shape, finfo.grid_affine)
     try:
-        save_image(warped[0], info if same_grid else finfo, out)
+        save_image(warped, info if on_field_grid else finfo, out)
     except OSError as err:
         raise _write_error(out, err) from None
     typer.echo(f"wrote {out}")

@@ -1,7 +1,8 @@
 """Data: the embedded synthetic generator, NIfTI folders and Learn2Reg datasets, file I/O.
 
 Registered datasets: ``synth`` (:class:`SynthDataset`), ``folder``
-(:class:`FolderDataset`) and ``learn2reg`` (:class:`Learn2RegDataset`). Items are dicts in the
+(:class:`FolderDataset`) and ``learn2reg`` (:class:`Learn2RegDataset`); file data go through
+one preprocessing pipeline (:class:`Preprocessing`, docs/preprocessing.md). Items are dicts in the
 batch format of docs/conventions.md without the batch dimension; :func:`make_loader` batches them
 for training, step by step (:class:`StepSampler`).
 """
@@ -10,6 +11,7 @@ from .datasets import SynthDataset
 from .files import FilePairDataset, FolderDataset, Learn2RegDataset, Scan
 from .io import ImageInfo, load_ddf, load_image, save_ddf, save_image
 from .loader import StepSampler, collate, make_loader
+from .preprocess import Preprocessing
 from .synth import SynthMorphGenerator
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "FolderDataset",
     "Learn2RegDataset",
     "Scan",
+    "Preprocessing",
     "ImageInfo",
     "load_image",
     "save_image",

@@ -1,13 +1,12 @@
 """Datasets of real images: a folder of NIfTI files (``folder``) and Learn2Reg's layout (``learn2reg``).
 
-Both build every item the same way (:class:`FilePairDataset`):
-
-1. the fixed image is read in canonical RAS orientation (:func:`regzoo.data.io.load_image`),
-   optionally resampled to ``spacing`` (mm) and then cropped/padded (centred) to ``size`` or to
-   the next multiple of ``pad_multiple``: this is the *model grid*, returned as ``fixed_affine``;
-2. the moving image is resampled onto the model grid in physical space (once, linearly; its
-   label map by nearest neighbour), so the network works on the fixed grid;
-3. intensities are normalised per image (``normalize``: ``percentile`` by default).
+Both build every item through the one preprocessing pipeline of file data
+(:class:`regzoo.data.preprocess.Preprocessing`, which ``regzoo register`` runs too): images read
+in canonical RAS orientation, intensities clipped and normalised per image (``clip``,
+``normalize``, ``percentiles``), the fixed grid resampled to ``spacing`` and padded (``size``,
+``pad_multiple``) into the *model grid* (returned as ``fixed_affine``), the moving image and the
+label maps resampled onto it in physical space. ``augment`` (MONAI dictionary transforms) is
+applied only to a training set (:func:`regzoo.engine.build_dataset` keeps it out elsewhere).
 
 Items: ``moving``, ``fixed`` ``(1, *S)`` float32; ``moving_label``, ``fixed_label`` ``(1, *S)``
 int64 indices into the dataset's ``label_table`` (:class:`regzoo.labels.LabelTable`, the sorted
@@ -40,22 +39,17 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError
 from ..labels import LabelTable
 from ..registry import Paper, register_dataset
-from .grid import (
-    NORMALISATIONS,
-    grid_spacing,
-    normalize_intensity,
-    padded_grid,
-    resample,
-    rescaled_grid,
-)
+from .grid import grid_spacing
 from .io import ImageInfo, load_image
 from .pairs import check_pairing, natural_length, pair_subjects, split_id
+from .preprocess import Preprocessing, augment_item, build_augment
 
 __all__ = [
     "Scan",
     "FilePairDataset",
     "FolderDataset",
     "Learn2RegDataset",
+    "ListedPairs",
     "IMAGE_EXTENSIONS",
     "LEARN2REG",
 ]
@@ -103,14 +97,15 @@ class FilePairDataset(Dataset):
         pairing: ``"random"``, ``"atlas"``, ``"all"`` (or ``"paired"`` for listed pairs).
         atlas: the atlas of ``pairing="atlas"``: an index into the sorted scans or a file name.
         length: number of items (default: the pairing's natural count).
-        normalize: ``"percentile"``, ``"minmax"``, ``"zscore"`` or ``"none"``.
-        percentiles: of ``"percentile"``.
-        clip: optional intensity window ``(low, high)`` applied before normalising.
-        spacing: resample the fixed grid to this voxel size (mm, one value or one per axis).
-        size: crop/pad the model grid to this size (centred).
-        pad_multiple: otherwise pad each axis to a multiple of this (16 for a 4-level U-Net).
+        normalize, percentiles, clip, spacing, size, pad_multiple: the preprocessing
+            (:class:`~regzoo.data.preprocess.Preprocessing`; ``normalize``: ``"percentile"``,
+            ``"minmax"``, ``"zscore"`` or ``"none"``).
         cache_size: number of preprocessed files kept in memory (per process).
-        seed: seeds the random pairs.
+        seed: seeds the random pairs and the augmentation's draws.
+        augment: MONAI dictionary transforms applied to every item after preprocessing, e.g.
+            ``[{name: RandGaussianNoised, keys: [moving], prob: 1.0, std: 0.1}]``
+            (:func:`~regzoo.data.preprocess.build_augment`); an item's draws depend on
+            ``(seed, index)``. Meant for training sets only.
     """
 
     scans: list[Scan]
@@ -130,17 +125,16 @@ class FilePairDataset(Dataset):
         pad_multiple: int | None = 16,
         cache_size: int = 8,
         seed: int = 0,
+        augment: list[dict[str, Any]] | None = None,
     ) -> None:
-        if normalize not in NORMALISATIONS:
-            raise ConfigError(
-                f"normalize must be one of {', '.join(NORMALISATIONS)}, got {normalize!r}"
-            )
+        self.preprocessing = Preprocessing(
+            normalize, percentiles, clip, spacing, size, pad_multiple
+        )
+        self.augment = build_augment(augment)
         self.split = split
         self._split = split_id(split)
         self.pairing = pairing
         self.length_override = length
-        self.normalize, self.percentiles, self.clip = normalize, tuple(percentiles), clip
-        self.target_spacing, self.size, self.pad_multiple = spacing, size, pad_multiple
         self.seed = int(seed)
         self.atlas_spec = atlas
         self._cache: OrderedDict[tuple[str, bool], tuple[np.ndarray, ImageInfo]] = OrderedDict()
@@ -218,9 +212,7 @@ class FilePairDataset(Dataset):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        array, info = load_image(path, label=label)
-        if not label:
-            array = normalize_intensity(array, self.normalize, self.percentiles, self.clip)
+        array, info = self.preprocessing.read(path, label=label)
         self.check_image(info)
         if self._cache_size > 0:
             self._cache[key] = (array, info)
@@ -248,19 +240,6 @@ class FilePairDataset(Dataset):
             )
         return image, info, label
 
-    def model_grid(self, info: ImageInfo) -> tuple[tuple[int, ...], np.ndarray]:
-        """The grid the model works on for a fixed image: resampled to ``spacing``, then padded."""
-        shape, affine = info.shape, info.grid_affine
-        if self.target_spacing is not None:
-            shape, affine = rescaled_grid(
-                shape,
-                affine,
-                np.broadcast_to(np.asarray(self.target_spacing, dtype=float), (info.ndim,)),
-            )
-        return padded_grid(
-            shape, affine, self.size, None if self.size is not None else self.pad_multiple
-        )
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -self.length <= index < self.length:
             raise IndexError(f"{self.describe()}: index {index} out of range ({self.length} items)")
@@ -272,24 +251,18 @@ class FilePairDataset(Dataset):
             raise DataError(
                 f"{moving_scan.image}: a {minfo.ndim}D image cannot move to the {finfo.ndim}D {fixed_scan.image}"
             )
-        shape, affine = self.model_grid(finfo)
-
-        def onto(array: np.ndarray, info: ImageInfo, nearest: bool) -> torch.Tensor:
-            t = torch.from_numpy(np.ascontiguousarray(array))[None]
-            return resample(
-                t, info.grid_affine, shape, affine, "nearest" if nearest else "bilinear"
-            )
-
-        item: dict[str, Any] = {
-            "moving": onto(moving, minfo, False),
-            "fixed": onto(fixed, finfo, False),
-        }
+        arrays = {"moving": (moving, minfo), "fixed": (fixed, finfo)}
+        if moving_label is not None:
+            arrays["moving_label"] = (moving_label, minfo)
+        if fixed_label is not None:
+            arrays["fixed_label"] = (fixed_label, finfo)
+        item: dict[str, Any]
+        item, affine = self.preprocessing.onto_model_grid(arrays, finfo)
+        shape = tuple(item["fixed"].shape[1:])
         if self.has_labels:
             zeros = torch.zeros((1, *shape), dtype=torch.int64)
-            item["moving_label"] = (
-                zeros if moving_label is None else onto(moving_label, minfo, True)
-            )
-            item["fixed_label"] = zeros if fixed_label is None else onto(fixed_label, finfo, True)
+            item.setdefault("moving_label", zeros)
+            item.setdefault("fixed_label", zeros)
             if self.partially_labelled:
                 item["moving_labelled"] = torch.tensor(moving_label is not None)
                 item["fixed_labelled"] = torch.tensor(fixed_label is not None)
@@ -306,7 +279,30 @@ class FilePairDataset(Dataset):
         item["fixed_affine"] = torch.as_tensor(affine, dtype=torch.float64)
         item["moving_path"] = moving_scan.image
         item["fixed_path"] = fixed_scan.image
+        if self.augment is not None:
+            item = augment_item(self.augment, item, self.seed * 1_000_003 + index)
         return item
+
+
+class ListedPairs(FilePairDataset):
+    """Listed ``(moving, fixed)`` scans, preprocessed as every file dataset (``regzoo register``).
+
+    Args:
+        pairs: the scans of each pair.
+        preprocessing: the pipeline (a checkpoint's, :meth:`Preprocessing.from_config`).
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Scan, Scan]], preprocessing: Preprocessing) -> None:
+        super().__init__("test", "paired", **preprocessing.to_config())
+        index: dict[Scan, int] = {}
+        for scan in (s for pair in pairs for s in pair):
+            index.setdefault(scan, len(index))
+        self.scans = list(index)
+        self.pairs = [(index[m], index[f]) for m, f in pairs]
+        self._finish_setup()
+
+    def describe(self) -> str:
+        return "listed pairs"
 
 
 def _landmarks(path: str, info: ImageInfo, grid_affine: np.ndarray) -> torch.Tensor:
@@ -376,7 +372,7 @@ class FolderDataset(FilePairDataset):
         root: the folder.
         label_suffix: suffix of label maps in a flat folder (``"_seg"``); ``""`` for none.
         split, pairing, atlas, length, normalize, percentiles, clip, spacing, size, pad_multiple,
-            cache_size, seed: see :class:`FilePairDataset`.
+            cache_size, seed, augment: see :class:`FilePairDataset`.
     """
 
     def __init__(
@@ -395,6 +391,7 @@ class FolderDataset(FilePairDataset):
         pad_multiple: int | None = 16,
         cache_size: int = 8,
         seed: int = 0,
+        augment: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(
             split,
@@ -409,6 +406,7 @@ class FolderDataset(FilePairDataset):
             pad_multiple,
             cache_size,
             seed,
+            augment,
         )
         base = Path(root)
         if not base.is_dir():
@@ -475,7 +473,8 @@ class Learn2RegDataset(FilePairDataset):
         root: the folder holding the json.
         json_file: the json's name (default: the single ``*dataset.json`` in ``root``).
         split, pairing, atlas, length, normalize, percentiles, clip, spacing, size, pad_multiple,
-            cache_size, seed: see :class:`FilePairDataset`; ``pairing=None`` chooses as above.
+            cache_size, seed, augment: see :class:`FilePairDataset`; ``pairing=None`` chooses as
+            above.
     """
 
     def __init__(
@@ -494,6 +493,7 @@ class Learn2RegDataset(FilePairDataset):
         pad_multiple: int | None = 16,
         cache_size: int = 8,
         seed: int = 0,
+        augment: list[dict[str, Any]] | None = None,
     ) -> None:
         self.root = Path(root)
         self.json_path = self._find_json(json_file)
@@ -524,6 +524,7 @@ class Learn2RegDataset(FilePairDataset):
             pad_multiple,
             cache_size,
             seed,
+            augment,
         )
         self.modalities: dict[str, str] = dict(meta.get("modality", {}))
         shapes = meta.get("tensorImageShape") or {}

@@ -1,4 +1,4 @@
-"""Resampling between voxel grids in physical space, and the intensity normalisations.
+"""Resampling between voxel grids in physical space.
 
 A *grid* is a spatial shape and a 4x4 affine from voxel indices to RAS millimetres (nibabel's
 convention). For a 2D grid the affine's first two columns are the two array axes (the third
@@ -15,50 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-
 __all__ = [
-    "NORMALISATIONS",
-    "normalize_intensity",
     "resample",
+    "same_grid",
+    "resample_field",
     "grid_spacing",
     "rescaled_grid",
     "padded_grid",
 ]
-
-NORMALISATIONS: tuple[str, ...] = ("minmax", "zscore", "percentile", "none")
-
-
-def normalize_intensity(
-    image: np.ndarray,
-    method: str = "percentile",
-    percentiles: Sequence[float] = (0.5, 99.5),
-    clip: Sequence[float] | None = None,
-) -> np.ndarray:
-    """Normalise an image's intensities (float32 out).
-
-    Args:
-        image: the array.
-        method: ``"minmax"`` (to [0, 1]), ``"zscore"`` (zero mean, unit std), ``"percentile"``
-            (the ``percentiles`` mapped to 0 and 1, values beyond clipped) or ``"none"``.
-        percentiles: lower and upper percentile of ``"percentile"``.
-        clip: optional ``(low, high)`` window applied first (e.g. a CT window in HU).
-    """
-    x = np.asarray(image, dtype=np.float32)
-    if clip is not None:
-        x = np.clip(x, float(clip[0]), float(clip[1]))
-    if method == "none":
-        return x
-    if method == "minmax":
-        lo, hi = float(x.min()), float(x.max())
-    elif method == "percentile":
-        lo, hi = (float(v) for v in np.percentile(x, [percentiles[0], percentiles[1]]))
-        x = np.clip(x, lo, hi)
-    elif method == "zscore":
-        return (x - x.mean()) / max(float(x.std()), 1e-8)
-    else:
-        raise ConfigError(f"normalize must be one of {', '.join(NORMALISATIONS)}, got {method!r}")
-    return (x - lo) / max(hi - lo, 1e-8)
 
 
 def grid_spacing(affine: np.ndarray, ndim: int) -> np.ndarray:
@@ -96,8 +60,10 @@ def padded_grid(
 ) -> tuple[tuple[int, ...], np.ndarray]:
     """A grid centred on the old one: ``size`` (crop or pad) or the next multiple of ``multiple``.
 
-    Padding (cropping) puts ``floor(diff / 2)`` voxels before the first one, which shifts the
-    origin by that many voxels; the directions and spacing are unchanged.
+    Padding puts ``floor(diff / 2)`` voxels before the first one and cropping removes
+    ``n // 2 - size // 2`` there (MONAI's ``SpatialPad``/``CenterSpatialCrop``, which
+    :mod:`regzoo.data.preprocess` runs on the arrays); the origin shifts by that many voxels, the
+    directions and spacing are unchanged.
     """
     ndim = len(shape)
     if size is not None:
@@ -106,7 +72,10 @@ def padded_grid(
         target = tuple(int(-(-n // multiple) * multiple) for n in shape)
     else:
         return tuple(shape), np.asarray(affine, dtype=np.float64)
-    before = np.array([(t - n) // 2 for t, n in zip(target, shape)], dtype=np.float64)
+    before = np.array(
+        [(t - n) // 2 if t >= n else t // 2 - n // 2 for t, n in zip(target, shape)],
+        dtype=np.float64,
+    )
     out = np.asarray(affine, dtype=np.float64).copy()
     out[:3, 3] = out[:3, 3] - out[:3, :ndim] @ before
     return target, out
@@ -148,6 +117,17 @@ def _shift_copy(
     return out
 
 
+def same_grid(
+    shape: Sequence[int], affine: np.ndarray, other_shape: Sequence[int], other_affine: np.ndarray
+) -> bool:
+    """Whether two grids have one shape and the same voxel positions (to 1e-6 voxel)."""
+    ndim = len(shape)
+    if tuple(shape) != tuple(other_shape):
+        return False
+    m = _voxel_map(affine, other_affine, ndim)
+    return bool(np.allclose(m, np.eye(ndim, ndim + 1), atol=1e-6))
+
+
 def resample(
     array: torch.Tensor,
     src_affine: np.ndarray,
@@ -155,6 +135,7 @@ def resample(
     dst_affine: np.ndarray,
     mode: str = "bilinear",
     padding: str = "zeros",
+    ddf: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Resample ``array`` ``(C, *S_src)`` from its grid onto ``(dst_shape, dst_affine)``.
 
@@ -165,17 +146,26 @@ def resample(
         dst_shape: spatial size of the destination grid.
         mode: ``"bilinear"`` (trilinear in 3D) or ``"nearest"``.
         padding: ``"zeros"`` or ``"border"`` outside the source.
+        ddf: optional displacement ``(ndim, *dst_shape)`` in destination voxels: the source is
+            sampled at the physical position of ``p + ddf[p]`` (a warp in physical space, as ITK
+            applies a displacement field), not at ``p``.
 
-    A pure integer shift (crop or pad) is done by copying, exactly.
+    The same grid gives ``array`` itself and a pure integer shift (crop or pad) is done by
+    copying, exactly.
     """
     ndim = len(dst_shape)
     m = _voxel_map(src_affine, dst_affine, ndim)
-    shift = _integer_shift(m, ndim)
-    if shift is not None:
-        return _shift_copy(array, shift, dst_shape, padding)
+    if ddf is None:
+        if same_grid(array.shape[1:], src_affine, dst_shape, dst_affine):
+            return array
+        shift = _integer_shift(m, ndim)
+        if shift is not None:
+            return _shift_copy(array, shift, dst_shape, padding)
     dtype = array.dtype
     axes = [torch.arange(n, dtype=torch.float64) for n in dst_shape]
     p = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (*S, ndim)
+    if ddf is not None:
+        p = p + torch.movedim(torch.as_tensor(ddf, dtype=torch.float64), 0, -1)
     mt = torch.from_numpy(m)
     q = p @ mt[:, :ndim].T + mt[:, ndim]
     src = torch.tensor(array.shape[1:], dtype=torch.float64)
@@ -184,3 +174,24 @@ def resample(
         array[None].float(), g[None], mode=mode, padding_mode=padding, align_corners=True
     )[0]
     return sample.round().to(dtype) if not dtype.is_floating_point else sample.to(dtype)
+
+
+def resample_field(
+    ddf: torch.Tensor,
+    src_affine: np.ndarray,
+    dst_shape: Sequence[int],
+    dst_affine: np.ndarray,
+) -> torch.Tensor:
+    """A displacement field ``(ndim, *S_src)`` (source voxels) on another grid, destination voxels.
+
+    The field is taken to millimetres, resampled linearly (border values outside) and expressed
+    in the destination grid's voxels, so that a point keeps its physical displacement.
+    """
+    ndim = len(dst_shape)
+    src = np.asarray(src_affine, dtype=np.float64)[:3, :ndim]
+    dst = np.asarray(dst_affine, dtype=np.float64)[:3, :ndim]
+    field = torch.as_tensor(ddf, dtype=torch.float64)
+    mm = torch.einsum("ij,j...->i...", torch.from_numpy(src), field)
+    mm = resample(mm, src_affine, dst_shape, dst_affine, "bilinear", "border")
+    voxels = torch.einsum("ij,j...->i...", torch.from_numpy(np.linalg.pinv(dst)), mm.double())
+    return voxels.to(torch.as_tensor(ddf).dtype)

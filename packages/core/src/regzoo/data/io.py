@@ -17,8 +17,9 @@
   :func:`~regzoo.spatial.warp` does in voxel units. 2D fields are ``(X, Y, 1, 1, 2)`` and assume
   the image plane is the world's x-y plane (ITK reads a 2D NIfTI's in-plane directions only).
 
-Registration runs on the fixed image's grid: a moving image on another grid is first resampled
-onto it in physical space (:func:`regzoo.data.grid.resample`), so the network's ``ddf`` maps fixed
+Registration runs on the model grid (:mod:`regzoo.data.preprocess`): the fixed image's grid,
+resampled and padded as the checkpoint's preprocessing says; the moving image is resampled onto it
+in physical space (:func:`regzoo.data.grid.resample`), so the network's ``ddf`` maps model-grid
 voxels to positions on that same grid. Every error about a file is a :class:`DataError` naming it.
 Files are written through :func:`regzoo.atomic.atomic_path`: a reader never sees half of one.
 """
@@ -45,7 +46,15 @@ from ..atomic import atomic_path
 from ..errors import DataError
 from .grid import grid_spacing, resample
 
-__all__ = ["ImageInfo", "load_image", "image_ndim", "save_image", "save_ddf", "load_ddf"]
+__all__ = [
+    "ImageInfo",
+    "load_image",
+    "image_ndim",
+    "to_file_axes",
+    "save_image",
+    "save_ddf",
+    "load_ddf",
+]
 
 _RAS = axcodes2ornt(("R", "A", "S"))
 _LPS = np.array([-1.0, -1.0, 1.0])
@@ -130,6 +139,32 @@ def _as_3d(data_shape: tuple[int, ...], path: str) -> tuple[int, ...]:
     return shape
 
 
+def _canonical(
+    data: np.ndarray, affine: np.ndarray, squeeze: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int | None]:
+    """File axes to the closest canonical (RAS) orientation (trailing non-spatial axes kept).
+
+    Args:
+        data: ``(X, Y, Z, ...)`` in the file's axis order.
+        affine: the file's voxel-to-RAS affine.
+        squeeze: a 2D image: drop the canonical axis of size 1.
+
+    Returns:
+        ``(canonical, ornt, grid_affine, squeezed)``: the reoriented array, nibabel's
+        orientation of the file's axes, the canonical array's voxel-to-RAS affine (2D: its first
+        two columns are the remaining axes) and the dropped axis (None in 3D).
+    """
+    ornt = io_orientation(affine)
+    canonical = apply_orientation(data, ornt)
+    grid_affine = affine @ inv_ornt_aff(ornt, data.shape[:3])
+    squeezed = None
+    if squeeze:
+        squeezed = canonical.shape[:3].index(1)
+        canonical = canonical.squeeze(squeezed)
+        grid_affine = grid_affine[:, [a for a in range(3) if a != squeezed] + [squeezed, 3]]
+    return canonical, ornt, grid_affine, squeezed
+
+
 def load_image(path: str | os.PathLike, label: bool = False) -> tuple[np.ndarray, ImageInfo]:
     """Read an image (or a label map with ``label=True``) in canonical RAS orientation.
 
@@ -167,15 +202,7 @@ def load_image(path: str | os.PathLike, label: bool = False) -> tuple[np.ndarray
         data = data.astype(np.int64)
     else:
         data = data.astype(np.float32)
-    ornt = io_orientation(img.affine)
-    canonical = apply_orientation(data, ornt)
-    grid_affine = img.affine @ inv_ornt_aff(ornt, shape3)
-    squeezed = None
-    if 1 in canonical.shape:
-        squeezed = canonical.shape.index(1)
-        canonical = canonical.squeeze(squeezed)
-        order = [a for a in range(3) if a != squeezed] + [squeezed, 3]
-        grid_affine = grid_affine[:, order]
+    canonical, ornt, grid_affine, squeezed = _canonical(data, img.affine, 1 in shape3)
     header = (
         img.header
         if isinstance(img.header, nib.Nifti1Header)
@@ -227,14 +254,9 @@ def _onto_reference(
                 f"image's shape {reference.shape}; pass the affine of the array's grid"
             )
         return array
-    affine = _to_numpy(affine).astype(np.float64)
-    if tuple(array.shape[1:]) == reference.shape and np.allclose(
-        affine, reference.grid_affine, atol=1e-6
-    ):
-        return array
     out = resample(
         torch.from_numpy(np.ascontiguousarray(array)),
-        affine,
+        _to_numpy(affine).astype(np.float64),
         reference.shape,
         reference.grid_affine,
         mode,
@@ -243,8 +265,11 @@ def _onto_reference(
     return out.numpy()
 
 
-def _to_file_axes(array: np.ndarray, reference: ImageInfo) -> np.ndarray:
-    """Canonical ``(*S, ...)`` (trailing axes kept) -> the file's array order ``(*file_shape, ...)``."""
+def to_file_axes(array: np.ndarray, reference: ImageInfo) -> np.ndarray:
+    """Canonical ``(*S, ...)`` (trailing axes kept) -> the file's array order ``(*file_shape, ...)``.
+
+    The inverse of :func:`load_image`'s reorientation (a 2D image gets its singleton axis back).
+    """
     if reference.squeezed is not None:
         array = np.expand_dims(array, reference.squeezed)
     back = ornt_transform(_RAS, reference.ornt)
@@ -298,7 +323,7 @@ def save_image(
     integer = not np.issubdtype(data.dtype, np.floating)
     data = _onto_reference(data[None], reference, affine, "nearest" if integer else "bilinear")[0]
     data = data.astype(np.int32 if integer else np.float32)
-    _write(_to_file_axes(data, reference), reference, path, None)
+    _write(to_file_axes(data, reference), reference, path, None)
 
 
 def save_ddf(ddf: Any, reference: ImageInfo, path: str | os.PathLike, affine: Any = None) -> None:
@@ -324,7 +349,7 @@ def save_ddf(ddf: Any, reference: ImageInfo, path: str | os.PathLike, affine: An
     mm = np.tensordot(grid[:3, :ndim], field, axes=(1, 0)) * _LPS.reshape(3, *([1] * ndim))
     mm = _onto_reference(mm.astype(np.float32), reference, affine, "bilinear")
     vectors = np.moveaxis(mm[:ndim], 0, -1)  # (*S, ndim): LPS components, x and y for 2D
-    data = _to_file_axes(vectors, reference)  # (*file_shape, ndim)
+    data = to_file_axes(vectors, reference)  # (*file_shape, ndim)
     data = data.reshape(*data.shape[:-1], *([1] * (3 - (data.ndim - 1))), 1, ndim)
     _write(data.astype(np.float32), reference, path, "vector")
 
@@ -349,18 +374,11 @@ def load_ddf(
     vectors = np.asarray(img.dataobj, dtype=np.float64)[:, :, :, 0, :]
     if not np.isfinite(vectors).all():
         raise DataError(f"{path}: contains NaN or infinite values")
-    ornt = io_orientation(img.affine)
-    canonical = apply_orientation(vectors, ornt)
-    grid_affine = img.affine @ inv_ornt_aff(ornt, vectors.shape[:3])
-    squeezed = None
-    if ndim == 2:
-        if 1 not in canonical.shape[:3]:
-            raise DataError(
-                f"{path}: a 2D displacement field needs a singleton spatial axis, got {shape}"
-            )
-        squeezed = canonical.shape[:3].index(1)
-        canonical = canonical.squeeze(squeezed)
-        grid_affine = grid_affine[:, [a for a in range(3) if a != squeezed] + [squeezed, 3]]
+    if ndim == 2 and 1 not in shape[:3]:
+        raise DataError(
+            f"{path}: a 2D displacement field needs a singleton spatial axis, got {shape}"
+        )
+    canonical, ornt, grid_affine, squeezed = _canonical(vectors, img.affine, ndim == 2)
     mm = np.zeros((*canonical.shape[:-1], 3))
     mm[..., : canonical.shape[-1]] = canonical
     mm *= _LPS  # LPS -> RAS (the same sign flips)

@@ -1,11 +1,15 @@
 """Registering files: load a NIfTI pair, run a model (with instance optimisation), write results.
 
-The model works on the fixed image's grid: the moving image (and its labels) are resampled onto it
-in physical space first. Outputs carry the fixed image's original header:
+A pair goes through the preprocessing the model was trained with
+(:class:`regzoo.data.preprocess.Preprocessing`, the same code as training and ``evaluate
+--data``): the model works on the *model grid* (the fixed image's grid at the trained spacing,
+padded). Outputs are written back in the fixed image's original geometry, with its header:
 
-- ``warped.nii.gz``: the moving image (original intensities) warped onto the fixed image;
-- ``ddf.nii.gz``: the displacement field as ITK reads it (:func:`regzoo.data.io.save_ddf`);
-- ``warped_seg.nii.gz``: the moving labels warped with nearest-neighbour sampling;
+- ``ddf.nii.gz``: the displacement field, taken from the model grid to the fixed file's grid in
+  millimetres, as ITK reads it (:func:`regzoo.data.io.save_ddf`);
+- ``warped.nii.gz``: the original moving image (original intensities and grid) sampled at
+  ``x + ddf(x)`` for every fixed voxel ``x``, which is what SimpleITK computes from ``ddf.nii.gz``;
+- ``warped_seg.nii.gz``: the moving labels warped alike with nearest-neighbour sampling;
 - ``uncertainty.nii.gz``: per-voxel uncertainty for models that sample (``--samples``);
 - ``synthesized.nii.gz``, ``moving_seg_pred.nii.gz``, ``fixed_seg_pred.nii.gz``: for models that
   synthesise an image or segment the pair (JSSR), on the fixed grid, segmentations as label maps.
@@ -33,12 +37,13 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir, atomic_path
-from ..data.grid import normalize_intensity, resample
-from ..data.io import ImageInfo, load_image, save_ddf, save_image
-from ..errors import DataError
-from ..labels import LabelTable, warp_labels
+from ..data.files import ListedPairs, Scan
+from ..data.grid import resample, resample_field
+from ..data.io import ImageInfo, load_image, save_ddf, save_image, to_file_axes
+from ..data.preprocess import Preprocessing
+from ..errors import DataError, UserError
+from ..labels import LabelTable
 from ..models import BATCH_LABEL_KEYS, RegistrationModel, RegistrationOutput
-from ..spatial import warp
 from .instance import instance_optimise
 
 __all__ = [
@@ -77,51 +82,72 @@ class PairFiles:
 
 @dataclass
 class LoadedPair:
-    """A pair on the fixed grid: the model's batch, the raw moving image and the fixed geometry."""
+    """A preprocessed pair and what writing results on the fixed file needs.
+
+    Attributes:
+        batch: the model's batch ``(1, ...)`` on the model grid (as training builds it).
+        grid_affine: the model grid's 4x4 voxel-to-RAS affine.
+        moving: the original moving image ``(1, *S_moving)``, canonical axes, file intensities.
+        moving_info: its geometry.
+        moving_label: the original moving label map ``(1, *S_moving)`` int64, if given.
+        fixed_info: the fixed image's geometry (outputs take it).
+    """
 
     batch: dict[str, torch.Tensor]
-    moving_raw: torch.Tensor
+    grid_affine: np.ndarray
+    moving: torch.Tensor
+    moving_info: ImageInfo
+    moving_label: torch.Tensor | None
     fixed_info: ImageInfo
 
+    def field_on_fixed(self, ddf: torch.Tensor) -> torch.Tensor:
+        """A model-grid field ``(ndim, *S)`` as ``(ndim, *S_fixed)`` voxels of the fixed file's grid."""
+        info = self.fixed_info
+        return resample_field(ddf, self.grid_affine, info.shape, info.grid_affine)
 
-def _onto_fixed(array: np.ndarray, info: ImageInfo, fixed: ImageInfo, label: bool) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(array))[None]
-    if info.shape == fixed.shape and np.allclose(info.grid_affine, fixed.grid_affine, atol=1e-4):
-        return t
-    return resample(
-        t, info.grid_affine, fixed.shape, fixed.grid_affine, "nearest" if label else "bilinear"
-    )
-
-
-def load_pair(files: PairFiles, normalize: str = "percentile") -> LoadedPair:
-    """Read a pair, put the moving image and labels on the fixed grid, normalise intensities."""
-    fixed, finfo = load_image(files.fixed)
-    moving, minfo = load_image(files.moving)
-    if minfo.ndim != finfo.ndim:
-        raise DataError(
-            f"{files.moving}: a {minfo.ndim}D image cannot be registered to the {finfo.ndim}D {files.fixed}"
+    def warp_moving(self, field: torch.Tensor, label: bool = False) -> torch.Tensor:
+        """The original moving image (or label map) at ``x + field(x)`` on the fixed file's grid."""
+        source = self.moving_label if label else self.moving
+        if source is None:
+            raise UserError("no moving label map was given")
+        info = self.fixed_info
+        # labels are sampled as indices of their own table: float values lose integers past 2^24
+        table = LabelTable.from_maps(source) if label else None
+        warped = resample(
+            source if table is None else table.encode(source),
+            self.moving_info.grid_affine,
+            info.shape,
+            info.grid_affine,
+            "nearest" if label else "bilinear",
+            ddf=field,
         )
-    moving_raw = _onto_fixed(moving, minfo, finfo, label=False)
+        return warped if table is None else table.decode(warped.round().long())
+
+
+def load_pair(files: PairFiles, preprocessing: Preprocessing | None = None) -> LoadedPair:
+    """Read a pair and preprocess it as training did (default: :class:`Preprocessing`'s defaults)."""
+    prep = preprocessing or Preprocessing()
+    moving = Scan(str(files.moving), None if files.moving_seg is None else str(files.moving_seg))
+    fixed = Scan(str(files.fixed), None if files.fixed_seg is None else str(files.fixed_seg))
+    dataset = ListedPairs([(moving, fixed)], prep)
+    item = dataset[0]
+    given = {"moving_label": files.moving_seg, "fixed_label": files.fixed_seg}
     batch = {
-        "moving": torch.from_numpy(normalize_intensity(moving_raw[0].numpy(), normalize))[
-            None, None
-        ],
-        "fixed": torch.from_numpy(normalize_intensity(fixed, normalize))[None, None],
-        "spacing": torch.as_tensor(finfo.spacing, dtype=torch.float32)[None],
+        k: v[None]
+        for k, v in item.items()
+        if isinstance(v, torch.Tensor) and given.get(k, True) is not None
     }
-    for key, path, info in (
-        ("moving_label", files.moving_seg, minfo),
-        ("fixed_label", files.fixed_seg, finfo),
-    ):
-        if path is None:
-            continue
-        labels, linfo = load_image(path, label=True)
-        if linfo.shape != info.shape:
-            raise DataError(
-                f"{path}: label map of shape {linfo.shape} does not match its image {info.shape}"
-            )
-        batch[key] = _onto_fixed(labels, linfo, finfo, label=True)[None]
-    return LoadedPair(batch, moving_raw[None], finfo)
+    raw, minfo = load_image(files.moving)
+    labels = None if files.moving_seg is None else load_image(files.moving_seg, label=True)[0]
+    _, finfo = load_image(files.fixed)
+    return LoadedPair(
+        batch,
+        item["fixed_affine"].numpy(),
+        torch.from_numpy(raw)[None],
+        minfo,
+        None if labels is None else torch.from_numpy(labels)[None],
+        finfo,
+    )
 
 
 def register_pair(
@@ -242,14 +268,11 @@ def _to_file_voxels(ddf: np.ndarray, info: ImageInfo) -> np.ndarray:
     full[:ndim] = ddf
     if info.squeezed is not None:  # 2D: the removed canonical axis comes back with zero motion
         order = [a for a in range(3) if a != info.squeezed] + [info.squeezed]
-        full = np.expand_dims(full, 1 + info.squeezed)[np.argsort(order)]
+        full = full[np.argsort(order)]
     # info.ornt[i] = (canonical axis, flip) of file axis i: file component i = flip * canonical one.
     comps = np.stack([full[int(ax)] * flip for ax, flip in info.ornt])
-    back = nib.orientations.ornt_transform(
-        nib.orientations.axcodes2ornt(("R", "A", "S")), info.ornt
-    )
-    data = nib.orientations.apply_orientation(np.moveaxis(comps, 0, -1), back)
-    return data.reshape(*info.file_shape[:3], 3) if len(info.file_shape) >= 3 else data
+    data = to_file_axes(np.moveaxis(comps, 0, -1), info)
+    return data if len(info.file_shape) >= 3 else data[..., None, :]
 
 
 def write_outputs(
@@ -269,11 +292,11 @@ def write_outputs(
     name) only that file is written (atomically) into ``out_dir``.
     """
     out_dir = Path(out_dir)
-    ddf = out.ddf.detach().float().cpu()
     info = pair.fixed_info
+    field = pair.field_on_fixed(out.ddf.detach().float().cpu()[0])
     if learn2reg:
         path = out_dir / learn2reg
-        img = nib.Nifti1Image(_to_file_voxels(ddf[0].numpy(), info), info.affine)
+        img = nib.Nifti1Image(_to_file_voxels(field.numpy(), info), info.affine)
         with atomic_path(path, suffix=".nii.gz") as tmp:
             nib.save(img, str(tmp))
         return [path]
@@ -290,11 +313,10 @@ def write_outputs(
         index = logits.detach()[:, : label_table.num_classes].argmax(1, True).cpu()
         return label_table.decode(index)
 
-    labels = pair.batch.get("moving_label")
     arrays = {
-        "warped": warp(pair.moving_raw, ddf)[0],
-        "ddf": ddf[0],
-        "warped_seg": None if labels is None else warp_labels(labels, ddf)[0],
+        "warped": pair.warp_moving(field),
+        "ddf": field,
+        "warped_seg": None if pair.moving_label is None else pair.warp_moving(field, label=True),
         "uncertainty": first(out.uncertainty),
         "synthesized": first(out.synthesized),
         "moving_seg_pred": first(predicted(out.moving_seg)),
@@ -305,7 +327,12 @@ def write_outputs(
         for name in _OUTPUTS:
             if arrays[name] is None:
                 continue
-            save = save_ddf if name == "ddf" else save_image
-            save(arrays[name], info, tmp / f"{name}.nii.gz")
+            path = tmp / f"{name}.nii.gz"
+            if name == "ddf":
+                save_ddf(arrays[name], info, path)
+            elif name in ("warped", "warped_seg"):  # sampled onto the fixed file's own grid
+                save_image(arrays[name], info, path)
+            else:  # the model's own outputs stay on the model grid
+                save_image(arrays[name], info, path, affine=pair.grid_affine)
             written.append(out_dir / f"{name}.nii.gz")
     return written

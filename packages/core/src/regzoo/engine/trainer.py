@@ -71,9 +71,15 @@ def build_model(cfg: DictConfig, source: str | Path | None = None) -> torch.nn.M
         ) from None
 
 
-def build_dataset(cfg: DictConfig, split: str) -> Dataset:
-    """The ``split`` (``train``/``val``/``test``) of the dataset ``cfg.data`` describes."""
+def build_dataset(cfg: DictConfig, split: str, augment: bool = False) -> Dataset:
+    """The ``split`` (``train``/``val``/``test``) of the dataset ``cfg.data`` describes.
+
+    ``data.augment`` is kept only with ``augment=True`` (the training set): evaluation and
+    registration never augment.
+    """
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    if not augment and data_cfg.get("augment"):
+        data_cfg["augment"] = None
     return build("dataset", {**data_cfg, "split": split})
 
 
@@ -157,7 +163,7 @@ class Trainer:
             for tensor in self.model.state_dict().values():
                 dist.broadcast(tensor, 0)
             seed_everything(int(cfg.train.seed) + self.runtime.rank)
-        self.train_set = build_dataset(cfg, "train")
+        self.train_set = build_dataset(cfg, "train", augment=True)
         # one label table for the run: heads, label warping and the checkpoint use it
         self.model.label_table = getattr(self.train_set, "label_table", None)
         self.sampler = StepSampler(

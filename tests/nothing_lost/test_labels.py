@@ -47,7 +47,7 @@ def _blocks(shape: tuple[int, ...], values: list[int], block: int, seed: int) ->
 
 
 def _save(path: Path, data: np.ndarray) -> Path:
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    nib.save(nib.Nifti1Image(data, np.eye(4), dtype=data.dtype), str(path))
     return path
 
 
@@ -133,10 +133,11 @@ def test_a_label_missing_from_the_dataset_json_is_one_line_naming_file_and_value
     assert "L2R_0002_0000.nii.gz" in lines[0] and "7" in lines[0]
 
 
-def test_label_values_beyond_float32_integers_come_back_exactly(tmp_path):
-    """16777217 = 2^24 + 1 is no float32; warped_seg must still hold it (int32 NIfTI)."""
-    values = [0, 5, 2035, 2**24 + 1]
-    labels = _blocks((16, 16, 16), values, 4, seed=0).astype(np.int32)
+@pytest.mark.parametrize("big", [2**24 + 1, 10**10], ids=["2^24+1", "1e10"])
+def test_label_values_beyond_float32_integers_come_back_exactly(tmp_path, big):
+    """2^24 + 1 is no float32, 1e10 no int32; warped_seg must still hold them exactly."""
+    values = [0, 5, 2035, big]
+    labels = _blocks((16, 16, 16), values, 4, seed=0).astype(np.int32 if big < 2**31 else np.int64)
     image = (labels % 11).astype(np.float32)
     files = {
         name: _save(tmp_path / f"{name}.nii.gz", data)

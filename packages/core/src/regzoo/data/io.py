@@ -306,7 +306,7 @@ def save_image(
 
     Args:
         array: ``(*S)`` or ``(1, *S)`` (tensor or array). Floating arrays are written as float32,
-            integer (label) arrays as int32.
+            integer (label) arrays as int32 (int64 when a value does not fit 32 bits).
         reference: the image whose grid and header the output takes (the fixed image).
         path: output file (``.nii.gz``).
         affine: the 4x4 affine of ``array``'s grid when it is not the reference's canonical grid
@@ -322,7 +322,11 @@ def save_image(
         )
     integer = not np.issubdtype(data.dtype, np.floating)
     data = _onto_reference(data[None], reference, affine, "nearest" if integer else "bilinear")[0]
-    data = data.astype(np.int32 if integer else np.float32)
+    if integer:  # label values past int32 (any value a label table holds) keep 64 bits
+        wide = data.size and (data.max() > np.iinfo(np.int32).max or data.min() < np.iinfo(np.int32).min)
+        data = data.astype(np.int64 if wide else np.int32)
+    else:
+        data = data.astype(np.float32)
     _write(to_file_axes(data, reference), reference, path, None)
 
 

@@ -323,7 +323,8 @@ def save_image(
     integer = not np.issubdtype(data.dtype, np.floating)
     data = _onto_reference(data[None], reference, affine, "nearest" if integer else "bilinear")[0]
     if integer:  # label values past int32 (any value a label table holds) keep 64 bits
-        wide = data.size and (data.max() > np.iinfo(np.int32).max or data.min() < np.iinfo(np.int32).min)
+        limits = np.iinfo(np.int32)
+        wide = data.size and (data.max() > limits.max or data.min() < limits.min)
         data = data.astype(np.int64 if wide else np.int32)
     else:
         data = data.astype(np.float32)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regzoo.engine.checkpoint import load_checkpoint
 from regzoo.errors import ConfigError, DataError, UserError
 from regzoo.models import RegistrationModel, RegistrationOutput
 from regzoo.spatial import affine_from_normalised, affine_to_ddf, resize_field, warp
@@ -284,19 +285,6 @@ class ISTN(RegistrationModel):
         self.stn.load_state_dict(stn_state, strict=True)
 
 
-def _read_state(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise DataError(f"{path}: not a readable state dict ({type(err).__name__})") from None
-    if not isinstance(state, Mapping):
-        raise DataError(f"{path}: not a state dict")
-    return dict(state)
-
-
 def import_official(
     itn_path: str | Path | None,
     stn_path: str | Path,
@@ -312,8 +300,8 @@ def import_official(
     official ReLU activations. Further keyword arguments go to :class:`ISTN`.
     """
     config.setdefault("itn_activation", "relu")
-    stn_state = _read_state(stn_path)
-    itn_state = _read_state(itn_path) if itn_path is not None else None
+    stn_state = load_checkpoint(stn_path)
+    itn_state = load_checkpoint(itn_path) if itn_path is not None else None
     if "conv1.weight" not in stn_state:
         raise DataError(f"{stn_path}: not an official ISTN STN state dict (no conv1.weight)")
     ndim = stn_state["conv1.weight"].dim() - 2

@@ -20,21 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from regzoo.errors import DataError
+from regzoo.engine.checkpoint import load_checkpoint
 
 __all__ = ["checkpoint_filter_fn", "load_official_checkpoint", "SIZE_DEPENDENT_BUFFERS"]
 
 SIZE_DEPENDENT_BUFFERS: tuple[str, ...] = ("relative_position_index", "spatial_trans.grid")
-
-
-def _read(path: str | Path) -> Mapping[str, Any]:
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except Exception as err:
-        raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
 
 
 def checkpoint_filter_fn(state: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -93,7 +83,11 @@ def load_official_checkpoint(
         DataError: the file cannot be read.
         ValueError: names or shapes do not match (one line saying how, e.g. another model size).
     """
-    state = _read(path_or_state) if isinstance(path_or_state, (str, Path)) else path_or_state
+    state = (
+        load_checkpoint(path_or_state)
+        if isinstance(path_or_state, (str, Path))
+        else path_or_state
+    )
     state = checkpoint_filter_fn(state, model)
     problem = _mismatch(state, model)
     if problem:

@@ -279,6 +279,25 @@ def _data_overrides(path: Path) -> list[str]:
     raise UserError(f"--data: not a folder or dataset.json: {path}")
 
 
+def read_model_argument(model: str) -> dict[str, Any] | None:
+    """A command's MODEL argument: the regzoo checkpoint it names, or None for a registered name.
+
+    An existing file, a name ending in ``.pt``/``.pth``/``.ckpt`` or a path with ``/`` is a
+    checkpoint: missing, unreadable or foreign files are one-line errors naming the file.
+    """
+    from ..engine.checkpoint import load_checkpoint
+
+    if not (Path(model).is_file() or model.endswith((".pt", ".pth", ".ckpt")) or "/" in model):
+        return None
+    ckpt = load_checkpoint(model)
+    if "config" not in ckpt or "state_dict" not in ckpt:
+        raise UserError(
+            f"{model}: not a regzoo checkpoint (no config/state_dict); "
+            "for other weights give a model name and --weights"
+        )
+    return ckpt
+
+
 def preprocessing_of(name: str, ckpt: Any, model: str, weights: Path | None) -> tuple[Any, str]:
     """The preprocessing of a run and the line to say about it.
 
@@ -344,16 +363,14 @@ def evaluate_command(
     """
     from ..config import resolve_config
     from ..engine import build_dataset, evaluate, setup_runtime
-    from ..engine.checkpoint import load_checkpoint, load_state, load_weights
+    from ..engine.checkpoint import load_state, load_weights
     from ..engine.rundir import make_folder, report_dir
     from ..engine.trainer import build_model
     from ..labels import LabelTable
 
     items, note = list(overrides or []), ""
-    if Path(model).is_file() or model.endswith((".pt", ".pth", ".ckpt")) or "/" in model:
-        ckpt = load_checkpoint(model)  # a path: a clear error when it is missing or broken
-        if "config" not in ckpt or "state_dict" not in ckpt:
-            raise UserError(f"{model}: not a regzoo checkpoint (no config/state_dict)")
+    ckpt = read_model_argument(model)
+    if ckpt is not None:
         if data:
             preprocessing, note = _preprocessing_overrides(ckpt, model)
             items = _data_overrides(data) + preprocessing + items
@@ -362,7 +379,7 @@ def evaluate_command(
         if data:
             preprocessing, note = _preprocessing_overrides(None, model, weights)
             items = _data_overrides(data) + preprocessing + items
-        ckpt, cfg = None, resolve_config(model, None, items)
+        cfg = resolve_config(model, None, items)
     runtime = setup_runtime(device, threads)
     net = build_model(cfg, model if ckpt is not None else None)
     if ckpt is not None:

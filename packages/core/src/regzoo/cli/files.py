@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import DataError, UserError
-from .app import DeviceOpt, JsonOpt, ThreadsOpt, app, preprocessing_of
+from .app import DeviceOpt, JsonOpt, ThreadsOpt, app, preprocessing_of, read_model_argument
 
 PathOpt = Optional[Path]
 
@@ -124,16 +124,11 @@ def _load_model(model: str, weights: Path | None, ndim: int):
     """
     import torch
 
-    from ..engine.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
+    from ..engine.checkpoint import load_weights, model_from_checkpoint
     from ..registry import create_model, get_entry
 
-    ckpt = None
-    if Path(model).is_file():
-        ckpt = load_checkpoint(model)
-        if "config" not in ckpt or "state_dict" not in ckpt:
-            raise UserError(
-                f"{model}: not a regzoo checkpoint; for other weights give a model name and --weights"
-            )
+    ckpt = read_model_argument(model)
+    if ckpt is not None:
         cfg = ckpt["config"]
         net_ndim = cfg.get("model", {}).get("ndim") or cfg.get("data", {}).get("ndim")
         if net_ndim is not None and int(net_ndim) != ndim:

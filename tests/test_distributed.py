@@ -6,6 +6,7 @@ The checks run inside ``tests/fixtures/ddp_missing_gradients.py`` on two gloo pr
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,4 +38,5 @@ def test_two_ranks_leave_parameters_without_gradient_and_jssr_stage_2_segmenter_
         timeout=300,
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    assert sorted(res.stdout.split("\n"))[-2:] == ["rank 0: ok", "rank 1: ok"]
+    # The two ranks share one stdout, so their lines may interleave: look for each report, not each line.
+    assert sorted(re.findall(r"rank (\d): ok", res.stdout)) == ["0", "1"], res.stdout

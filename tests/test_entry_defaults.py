@@ -146,6 +146,9 @@ def test_each_nullable_field_says_what_null_means(config):
     [
         (["jssr", "model.smooth_weight=abc"], "smooth_weight: Value 'abc'"),
         (["example-affine", "model.features=abc"], "features: "),
+        (["voxelmorph", "data.size=abc"], "size must be int | Sequence[int], got 'abc'"),
+        (["voxelmorph", "data.size=[64,abc]"], "size must be int | Sequence[int]"),
+        (["voxelmorph", "data.num_subjects=abc"], "num_subjects must be int | Mapping"),
         (["voxelmorph", "train.optimizer=adm"], "train.optimizer must be one of"),
         (["voxelmorph", "train.scheduler=cosine"], "train.scheduler must be one of"),
         (["voxelmorph", "train.amp=fp8"], "train.amp must be one of"),

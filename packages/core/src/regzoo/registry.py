@@ -203,7 +203,8 @@ def _config_type(annotation: Any) -> Any:
 
     Primitives, enums and paths stay; ``X | None`` becomes ``Optional[X]``; sequences and tuples
     become ``list[item]``, mappings ``dict[str, value]`` (items and values typed when primitive).
-    Unions of several types (``str | Mapping``) become ``Any``: the builder checks them.
+    Unions of several types (``int | Sequence[int]``) become ``Any``; :meth:`Registry.build`
+    checks their values (:func:`_conforms`).
     """
     if annotation in _PRIMITIVES or annotation is pathlib.Path:
         return annotation
@@ -222,6 +223,67 @@ def _config_type(annotation: Any) -> Any:
         value = args[1] if len(args) == 2 else Any
         return dict[str, value if value in _PRIMITIVES else Any]
     return Any
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (Union, types.UnionType)
+
+
+def _conforms(value: Any, annotation: Any) -> bool:
+    """Whether a merged config value fits ``annotation`` (the checks OmegaConf cannot make).
+
+    Used for unions (``int | Sequence[int]``), which OmegaConf types as ``Any``: a value fits
+    when it fits one member; members that are not primitives, sequences or mappings are not
+    checked here (their builder does).
+    """
+    if annotation is Any:
+        return True
+    if annotation is type(None):
+        return value is None
+    if _is_union(annotation):
+        return any(_conforms(value, a) for a in typing.get_args(annotation))
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in _PRIMITIVES:
+        return isinstance(value, annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation in _SEQUENCES or origin in _SEQUENCES:
+        items = [a for a in args if a is not Ellipsis] or [Any]
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and Ellipsis not in args and len(items) > 1:
+            return len(value) == len(items) and all(map(_conforms, value, items))
+        return all(_conforms(v, items[0]) for v in value)
+    if annotation in _MAPPINGS or origin in _MAPPINGS:
+        return isinstance(value, Mapping)
+    return value is not None
+
+
+def _type_name(annotation: Any) -> str:
+    """``int | Sequence[int]`` for an annotation (module prefixes dropped)."""
+    if _is_union(annotation):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    args = typing.get_args(annotation)
+    base = getattr(typing.get_origin(annotation) or annotation, "__name__", str(annotation))
+    return f"{base}[{', '.join(_type_name(a) for a in args)}]" if args else base
+
+
+def _union_fields(config: type | None) -> dict[str, Any]:
+    """The fields of a config dataclass annotated with a union of several types."""
+    if config is None or not dataclasses.is_dataclass(config):
+        return {}
+    hints = _type_hints(config)
+    out = {}
+    for f in dataclasses.fields(config):
+        annotation = f.metadata.get("annotation", hints.get(f.name, Any))
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if _is_union(annotation) and len(members) > 1:
+            out[f.name] = annotation
+    return out
 
 
 def _type_hints(target: Callable[..., Any]) -> dict[str, Any]:
@@ -251,20 +313,26 @@ def _config_from_signature(builder: Callable[..., Any], name: str) -> type:
     hints = _type_hints(target)
     fields = []
     for p in _parameters(builder):
-        ftype = _config_type(hints.get(p.name, Any))
+        annotation = hints.get(p.name, Any)
+        ftype = _config_type(annotation)
+        meta = {"annotation": annotation}
         default = p.default
         if isinstance(default, tuple):
             default = list(default)
         if default is None and ftype is not Any:
             ftype = Optional[ftype]
         if default is inspect.Parameter.empty:
-            fields.append((p.name, ftype, field(default="???")))
+            fields.append((p.name, ftype, field(default="???", metadata=meta)))
         elif isinstance(default, (list, dict)):
             fields.append(
-                (p.name, ftype, field(default_factory=lambda d=default: copy.deepcopy(d)))
+                (
+                    p.name,
+                    ftype,
+                    field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta),
+                )
             )
         else:
-            fields.append((p.name, ftype, field(default=default)))
+            fields.append((p.name, ftype, field(default=default, metadata=meta)))
     cls_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Config"
     return dataclasses.make_dataclass(cls_name, fields)
 
@@ -457,7 +525,14 @@ class Registry:
         if missing:
             raise ConfigError(f"{self.kind} {name!r} needs a value for {', '.join(missing)}")
         kwargs = OmegaConf.to_container(cfg, resolve=True)
-        return self.get(name).builder(**kwargs)
+        entry = self.get(name)
+        for key, annotation in _union_fields(entry.config).items():
+            if not _conforms(kwargs.get(key), annotation):
+                raise ConfigError(
+                    f"{self.kind} {name!r}: {key} must be {_type_name(annotation)}, "
+                    f"got {kwargs.get(key)!r}"
+                )
+        return entry.builder(**kwargs)
 
     def __contains__(self, name: str) -> bool:
         _ensure_loaded()

@@ -115,8 +115,8 @@ class ModalityFolderDataset(FolderDataset):
         normalize: str = "percentile",
         percentiles: Sequence[float] = (0.5, 99.5),
         clip: Sequence[float] | None = None,
-        spacing: Any = None,
-        size: Any = None,
+        spacing: float | Sequence[float] | None = None,
+        size: int | Sequence[int] | None = None,
         pad_multiple: int | None = 16,
         cache_size: int = 8,
     ) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -127,9 +126,9 @@ class SynthDataset(Dataset):
     def __init__(
         self,
         ndim: int = 2,
-        size: Any = 64,
+        size: int | Sequence[int] = 64,
         num_labels: int = 6,
-        num_subjects: Any = None,
+        num_subjects: int | Mapping[str, int] | None = None,
         split: str = "train",
         pairing: str = "intra",
         multimodal: bool = False,

@@ -176,3 +176,12 @@ def test_overrides_parse_yes_and_no_as_strings():
         "eval": {"overview": False},
     }
     assert _run_config(eval={"overview": "no"}).eval.overview is False
+
+
+def test_a_part_given_another_name_is_replaced_not_merged():
+    from regzoo.config import resolve_config
+
+    cfg = resolve_config("voxelmorph", overrides=parse_overrides(["model.similarity.name=mse"]))
+    assert OmegaConf.to_container(cfg.model.similarity) == {"name": "mse"}
+    kept = resolve_config("voxelmorph", overrides=parse_overrides(["model.similarity.window=7"]))
+    assert kept.model.similarity.name == "lncc" and kept.model.similarity.window == 7

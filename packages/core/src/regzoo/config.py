@@ -244,29 +244,14 @@ def check_ranges(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be {wanted}, got {value}")
 
 
-def _replace_renamed(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
-    """``layer`` with every part config whose ``name`` changes given in full, not merged.
-
-    ``model.similarity.name=mse`` over ``{name: lncc, window: 9}`` must give ``{name: mse}``, not
-    an mse config with a stale ``window``.
-    """
-    out: dict[str, Any] = {}
-    for key, value in layer.items():
-        old = base.get(key) if isinstance(base, Mapping) else None
-        if isinstance(value, Mapping) and isinstance(old, Mapping):
-            if "name" in value and value["name"] != old.get("name"):
-                out[key] = value  # marked for replacement by the caller
-                continue
-            out[key] = _replace_renamed(old, value)
-        else:
-            out[key] = value
-    return out
-
-
 def _merge_parts(base: dict[str, Any], layer: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """Merge a ``model`` layer; a nested part whose ``name`` changes replaces the old part."""
+    """Merge a ``model`` layer; a nested part whose ``name`` changes replaces the old part.
+
+    ``model.similarity.name=mse`` over ``{name: lncc, window: 9}`` gives ``{name: mse}``, not an
+    mse config with a stale ``window``.
+    """
     merged = dict(base)
-    for key, value in _replace_renamed(base, layer).items():
+    for key, value in layer.items():
         old = merged.get(key)
         renamed = (
             isinstance(value, Mapping)

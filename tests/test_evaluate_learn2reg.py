@@ -131,7 +131,13 @@ def test_evaluate_learn2reg_summary_equals_scorer_formulas(l2r, tmp_path):
     pair_csv.write_text("".join(f"{image.format(m)},{image.format(f)}\n" for f, m in pairs))
     subs = tmp_path / "submission"
     res = _regzoo(
-        "register", str(run / "last.pt"), "--pairs", str(pair_csv), "--learn2reg", "--out", str(subs)
+        "register",
+        str(run / "last.pt"),
+        "--pairs",
+        str(pair_csv),
+        "--learn2reg",
+        "--out",
+        str(subs),
     )
     assert res.returncode == 0, res.stderr
 

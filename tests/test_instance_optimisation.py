@@ -20,7 +20,9 @@ from regzoo.metrics import dice_per_label
 def briefly_trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("io")
     cfg = resolve_config(
-        "voxelmorph", None, ["train.steps=60", "train.batch_size=4", "eval.max_pairs=2", "eval.overview=false"]
+        "voxelmorph",
+        None,
+        ["train.steps=60", "train.batch_size=4", "eval.max_pairs=2", "eval.overview=false"],
     )
     train(cfg, out, progress=False)
     ckpt = load_checkpoint(out / "last.pt")
@@ -54,7 +56,11 @@ def test_instance_optimisation_lowers_objective_and_raises_dice(briefly_trained)
 def test_instance_optimisation_never_reads_labels_and_leaves_model_alone(briefly_trained):
     model, cfg = briefly_trained
     batch = default_collate([build_dataset(cfg, "test")[0]])
-    garbage = dict(batch, moving_label=torch.randint(0, 5, batch["moving_label"].shape), fixed_label=torch.zeros_like(batch["fixed_label"]))
+    garbage = dict(
+        batch,
+        moving_label=torch.randint(0, 5, batch["moving_label"].shape),
+        fixed_label=torch.zeros_like(batch["fixed_label"]),
+    )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(0)
     a, _ = instance_optimise(model, batch, iterations=3, lr=1e-3)

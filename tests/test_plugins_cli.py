@@ -38,16 +38,20 @@ def _install(root: Path, name: str, source: str, manifest: list[dict] | None = N
             (package / MANIFEST).write_text(json.dumps(data))
     info = root / f"regzoo_fake_{name}-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: regzoo-fake-{name}\nVersion: 0.1\n")
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: regzoo-fake-{name}\nVersion: 0.1\n"
+    )
     (info / "entry_points.txt").write_text(f"[regzoo.plugins]\n{name} = regzoo_{name}\n")
 
 
 def _run(root: Path, *code_or_args: str, python: bool = False) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-c", code_or_args[0]] if python else [
-        sys.executable, "-m", "regzoo", *code_or_args
-    ]
+    cmd = (
+        [sys.executable, "-c", code_or_args[0]]
+        if python
+        else [sys.executable, "-m", "regzoo", *code_or_args]
+    )
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=root)
 
 
@@ -55,7 +59,7 @@ def _model(name: str) -> dict:
     return {"kind": "model", "name": name, "summary": f"{name} for the tests", "tags": ["2d"]}
 
 
-PLUGIN_SOURCE = '''
+PLUGIN_SOURCE = """
 from regzoo import register_model
 
 @register_model("{shared}", summary="clash")
@@ -67,7 +71,7 @@ def shared(width: int = 2):
 def own(width: int = 3):
     import torch
     return torch.nn.Linear(width, width)
-'''
+"""
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -140,7 +144,9 @@ def test_a_model_whose_plugin_raises_on_import_says_which_plugin_and_why(tmp_pat
     res = _run(tmp_path, "plugins", "--check")
     assert res.returncode == 1
     assert any("raises" in row and "FAILED" in row for row in res.stdout.splitlines())
-    assert any(row.startswith("voxelmorph ") and "FAILED" not in row for row in res.stdout.splitlines())
+    assert any(
+        row.startswith("voxelmorph ") and "FAILED" not in row for row in res.stdout.splitlines()
+    )
 
 
 def test_two_plugins_registering_one_name_keep_their_other_entries(tmp_path):
@@ -148,8 +154,11 @@ def test_two_plugins_registering_one_name_keep_their_other_entries(tmp_path):
         alone = tmp_path / f"alone_{name}"
         alone.mkdir()
         _install(alone, name, PLUGIN_SOURCE.format(shared="shared-model", own=own))
-        made = _run(alone, "import sys; from regzoo.catalog import _main; "
-                    f"sys.exit(_main(['regzoo_{name}']))", python=True)
+        made = _run(
+            alone,
+            f"import sys; from regzoo.catalog import _main; sys.exit(_main(['regzoo_{name}']))",
+            python=True,
+        )
         assert made.returncode == 0, made.stderr
         for item in alone.iterdir():
             item.rename(tmp_path / item.name)

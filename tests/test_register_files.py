@@ -18,7 +18,11 @@ from regzoo.spatial import integrate_velocity
 
 def _regzoo(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "regzoo", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+        [sys.executable, "-m", "regzoo", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
     )
 
 
@@ -69,9 +73,21 @@ def _sitk_array(path):
 def test_register_writes_fields_that_simpleitk_applies(pair, tmp_path):
     out = tmp_path / "out"
     res = _regzoo(
-        "register", "voxelmorph", "--moving", str(pair["moving"]), "--fixed", str(pair["fixed"]),
-        "--moving-seg", str(pair["moving_seg"]), "--out", str(out), "--iterations", "25", "--json",
-        "--threads", "2",
+        "register",
+        "voxelmorph",
+        "--moving",
+        str(pair["moving"]),
+        "--fixed",
+        str(pair["fixed"]),
+        "--moving-seg",
+        str(pair["moving_seg"]),
+        "--out",
+        str(out),
+        "--iterations",
+        "25",
+        "--json",
+        "--threads",
+        "2",
     )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
@@ -90,7 +106,9 @@ def test_register_writes_fields_that_simpleitk_applies(pair, tmp_path):
     field = sitk.ReadImage(str(out / "ddf.nii.gz"), sitk.sitkVectorFloat64)
     moving = sitk.ReadImage(str(pair["moving"]), sitk.sitkFloat64)
     fixed = sitk.ReadImage(str(pair["fixed"]), sitk.sitkFloat64)
-    resampled = sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field), sitk.sitkLinear, 0.0)
+    resampled = sitk.Resample(
+        moving, fixed, sitk.DisplacementFieldTransform(field), sitk.sitkLinear, 0.0
+    )
     ours, theirs = _sitk_array(out / "warped.nii.gz"), sitk.GetArrayFromImage(resampled)
     inner = (slice(2, -2),) * 3
     span = float(ours.max() - ours.min())
@@ -100,16 +118,35 @@ def test_register_writes_fields_that_simpleitk_applies(pair, tmp_path):
     assert np.abs(ours - _sitk_array(pair["moving"]))[inner].max() > 10 * diff + 1e-3 * span
 
     # `regzoo apply` puts the same field on the label map again.
-    res = _regzoo("apply", str(out / "ddf.nii.gz"), str(pair["moving_seg"]), "--labels", "--out", str(tmp_path / "a.nii.gz"))
+    res = _regzoo(
+        "apply",
+        str(out / "ddf.nii.gz"),
+        str(pair["moving_seg"]),
+        "--labels",
+        "--out",
+        str(tmp_path / "a.nii.gz"),
+    )
     assert res.returncode == 0, res.stderr
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "a.nii.gz").dataobj), seg)
 
 
 def test_pairs_csv_and_learn2reg_names(pair, tmp_path):
     csv = tmp_path / "pairs.csv"
-    csv.write_text(f"moving,fixed\n{pair['moving']},{pair['fixed']}\n{pair['fixed']},{pair['moving']}\n")
+    csv.write_text(
+        f"moving,fixed\n{pair['moving']},{pair['fixed']}\n{pair['fixed']},{pair['moving']}\n"
+    )
     out = tmp_path / "sub"
-    res = _regzoo("register", "voxelmorph", "--pairs", str(csv), "--learn2reg", "--iterations", "0", "--out", str(out))
+    res = _regzoo(
+        "register",
+        "voxelmorph",
+        "--pairs",
+        str(csv),
+        "--learn2reg",
+        "--iterations",
+        "0",
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["disp_0000_0001.nii.gz", "disp_0001_0000.nii.gz"]
@@ -119,7 +156,17 @@ def test_pairs_csv_and_learn2reg_names(pair, tmp_path):
 
 def test_bad_inputs_are_one_line_errors(pair, tmp_path):
     cases = [
-        (["register", "voxelmorph", "--moving", str(tmp_path / "nope.nii.gz"), "--fixed", str(pair["fixed"])], "nope.nii.gz"),
+        (
+            [
+                "register",
+                "voxelmorph",
+                "--moving",
+                str(tmp_path / "nope.nii.gz"),
+                "--fixed",
+                str(pair["fixed"]),
+            ],
+            "nope.nii.gz",
+        ),
         (["register", "voxelmorph", "--fixed", str(pair["fixed"])], "--moving"),
         (["apply", str(pair["fixed"]), str(pair["moving"])], str(pair["fixed"].name)),
     ]
@@ -127,7 +174,9 @@ def test_bad_inputs_are_one_line_errors(pair, tmp_path):
     data = np.zeros((8, 8, 8), np.float32)
     data[2, 2, 2] = np.nan
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(bad))
-    cases.append((["register", "voxelmorph", "--moving", str(bad), "--fixed", str(pair["fixed"])], "NaN"))
+    cases.append(
+        (["register", "voxelmorph", "--moving", str(bad), "--fixed", str(pair["fixed"])], "NaN")
+    )
     for args, needle in cases:
         res = _regzoo(*args)
         assert res.returncode == 2, (args, res.stderr)

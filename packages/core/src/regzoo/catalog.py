@@ -212,7 +212,9 @@ def load_catalog() -> Catalog:
             except (OSError, ValueError) as err:
                 info.problem = f"broken manifest {path}: {err}"
         if info.problem:
-            problems.append(f"plugin {ep.name!r} ({info.distribution} {info.version}): {info.problem}")
+            problems.append(
+                f"plugin {ep.name!r} ({info.distribution} {info.version}): {info.problem}"
+            )
     return Catalog(entries, infos, problems)
 
 

@@ -84,9 +84,7 @@ def load_official_checkpoint(
         ValueError: names or shapes do not match (one line saying how, e.g. another model size).
     """
     state = (
-        load_checkpoint(path_or_state)
-        if isinstance(path_or_state, (str, Path))
-        else path_or_state
+        load_checkpoint(path_or_state) if isinstance(path_or_state, (str, Path)) else path_or_state
     )
     state = checkpoint_filter_fn(state, model)
     problem = _mismatch(state, model)

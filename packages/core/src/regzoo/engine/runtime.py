@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..config import AMP_MODES
 from ..errors import ConfigError
 
 __all__ = ["Runtime", "setup_runtime", "seed_everything", "autocast"]
@@ -80,8 +81,8 @@ def seed_everything(seed: int) -> None:
 @contextlib.contextmanager
 def autocast(device: torch.device, amp: str) -> Iterator[None]:
     """Mixed precision on CUDA (``bf16``/``fp16``); a no-op for ``no`` and on the CPU."""
-    if amp not in ("no", "bf16", "fp16"):
-        raise ConfigError(f"train.amp must be 'no', 'bf16' or 'fp16', got {amp!r}")
+    if amp not in AMP_MODES:
+        raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "no" or device.type != "cuda":
         yield
         return

@@ -25,7 +25,14 @@ def _pair(*shape, batch=1, seed=0):
 
 
 @pytest.mark.parametrize(
-    "name", ["transmorph-tiny", "transmorph-diff", "transmorph-bspl", "transmorph-bayes"]
+    "name",
+    [
+        "transmorph-tiny",
+        "transmorph-diff",
+        "transmorph-diff-fullres",
+        "transmorph-bspl",
+        "transmorph-bayes",
+    ],
 )
 def test_2d_any_size(name):
     model = regzoo.create_model(name, ndim=2, **({} if name == "transmorph-tiny" else SMALL)).eval()
@@ -89,10 +96,12 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
 
 
-def test_diff_squares_the_head_output_without_prescaling():
-    # Official TransMorph-diff: velocity = 2**7 * head output, half-resolution displacement
-    # upsampled without rescaling. A constant head output c moves every interior voxel by 128 c.
-    model = regzoo.create_model("transmorph-diff", ndim=2, **SMALL).eval()
+@pytest.mark.parametrize("name,grid", [("transmorph-diff", 32), ("transmorph-diff-fullres", 64)])
+def test_diff_squares_the_head_output_without_prescaling(name, grid):
+    # Official TransMorph-diff: velocity = 2**7 * head output (voxels of the integration grid),
+    # the half-resolution displacement upsampled without rescaling; -fullres integrates at full
+    # resolution. A constant head output c moves every interior voxel by 128 c in both.
+    model = regzoo.create_model(name, ndim=2, **SMALL).eval()
     with torch.no_grad():
         model.flow_mean.weight.zero_()
         model.flow_mean.bias.copy_(torch.tensor([0.01, -0.02]))
@@ -100,8 +109,11 @@ def test_diff_squares_the_head_output_without_prescaling():
     torch.testing.assert_close(
         out.ddf[0, :, 28:36, 28:36].mean((1, 2)), torch.tensor([1.28, -2.56])
     )
-    assert out.velocity.shape == (1, 2, 32, 32)
-    assert set(out.extras) == {"flow_mean", "flow_log_sigma", "ddf_half"}
+    assert out.velocity.shape == (1, 2, grid, grid)
+    assert set(out.extras) == {"flow_mean", "flow_log_sigma", "ddf_integrated"}
+    assert out.extras["ddf_integrated"].shape == (1, 2, grid, grid)
+    if grid == 64:  # no upsampling: the field is the integrated one, from the full decoder
+        assert torch.equal(out.ddf, out.extras["ddf_integrated"]) and hasattr(model, "up4")
 
 
 def test_diff_samples_only_in_training():

@@ -3,7 +3,7 @@ them (velocity fields of up to 10 voxels std).
 
 TransMorph-Tiny, trained with its ``quick`` recipe for 80 steps, raises the held-out Dice over no
 registration by at least 0.1 (measured: 0.52 -> 0.66); every other variant takes training steps
-with a falling loss, and the diffeomorphic variants (-diff, -bspl) leave under 0.01% of the
+with a falling loss, and the diffeomorphic variants (-diff, -diff-fullres, -bspl) leave under 0.01% of the
 voxels folded on a field of 2 voxels RMS (their heads scaled up after training: 3 steps leave a
 near-identity field), where the plain dense head folds more than 0.1%.
 """
@@ -74,6 +74,7 @@ def test_tiny_quick_preset_raises_held_out_dice(train_pairs):
         "transmorph-small",
         "transmorph-large",
         "transmorph-diff",
+        "transmorph-diff-fullres",
         "transmorph-bspl",
         "transmorph-bayes",
     ],
@@ -94,7 +95,12 @@ def test_variant_trains_with_falling_loss(name, train_pairs):
 
 # The last layer of each variant's field; scaling it makes the field large (3 steps at lr 1e-4
 # leave it near the identity, where no field folds and a folding check means nothing).
-HEADS = {"transmorph": "reg_head", "transmorph-diff": "flow_mean", "transmorph-bspl": "out_layer"}
+HEADS = {
+    "transmorph": "reg_head",
+    "transmorph-diff": "flow_mean",
+    "transmorph-diff-fullres": "flow_mean",
+    "transmorph-bspl": "out_layer",
+}
 LARGE_FIELD = 2.0  # voxels, RMS displacement the scaled head must reach
 DIFFEOMORPHIC_FOLDING = 1e-4  # Learn2Reg's interior |J| <= 0 fraction, -diff and -bspl
 DENSE_FOLDING = 1e-3  # the plain dense head at that size folds (measured 0.37%): the check can fail

@@ -1,8 +1,8 @@
 """regzoo plugin: TransMorph and its variants (Chen et al., Medical Image Analysis 82:102615, 2022).
 
 Registers the models ``transmorph``, ``transmorph-tiny``, ``transmorph-small``,
-``transmorph-large``, ``transmorph-diff``, ``transmorph-bspl``, ``transmorph-bayes`` (2D and 3D)
-and the backbones ``swin3d`` and ``swin2d``. Each entry is a config dataclass of :mod:`regzoo_transmorph.configs` (the one source of its
+``transmorph-large``, ``transmorph-diff``, ``transmorph-diff-fullres``, ``transmorph-bspl``,
+``transmorph-bayes`` (2D and 3D) and the backbones ``swin3d`` and ``swin2d``. Each entry is a config dataclass of :mod:`regzoo_transmorph.configs` (the one source of its
 defaults) and a class of :mod:`regzoo_transmorph.models` or :mod:`regzoo_transmorph.swin`, imported
 with torch when the entry is built, so importing this module is cheap.
 
@@ -23,6 +23,7 @@ from .configs import (
     TransMorphBSplineConfig,
     TransMorphConfig,
     TransMorphDiffConfig,
+    TransMorphDiffFullResConfig,
     TransMorphLargeConfig,
     TransMorphSmallConfig,
     TransMorphTinyConfig,
@@ -61,6 +62,15 @@ register_model(
     paper=TRANSMORPH_2022,
     tags=("2d", "3d", "swin", "diffeomorphic", "probabilistic"),
     config=TransMorphDiffConfig,
+    target=_MODELS + "TransMorphDiff",
+    presets=presets(100, 1e-4, reg_weight=False),
+)
+register_model(
+    "transmorph-diff-fullres",
+    summary="TransMorph-diff with the full decoder and the SVF integrated at full resolution.",
+    paper=TRANSMORPH_2022,
+    tags=("2d", "3d", "swin", "diffeomorphic", "probabilistic"),
+    config=TransMorphDiffFullResConfig,
     target=_MODELS + "TransMorphDiff",
     presets=presets(100, 1e-4, reg_weight=False),
 )

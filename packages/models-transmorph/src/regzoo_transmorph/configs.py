@@ -22,6 +22,7 @@ __all__ = [
     "TransMorphSmallConfig",
     "TransMorphLargeConfig",
     "TransMorphDiffConfig",
+    "TransMorphDiffFullResConfig",
     "TransMorphBSplineConfig",
     "TransMorphBayesConfig",
     "Swin3dConfig",
@@ -134,13 +135,25 @@ class TransMorphLargeConfig(TransMorphConfig):
 @dataclass
 class TransMorphDiffConfig(_Network):
     """TransMorph-diff: half-resolution velocity mean and log-variance, 7 squarings; loss
-    ``MSE / image_sigma**2`` + KL to a Laplacian-like prior (Dalca et al. 2019)."""
+    ``MSE / image_sigma**2`` + KL to a Laplacian-like prior (Dalca et al. 2019); 46,557,414
+    parameters. ``downsample``: the decoder stops at half resolution, where the velocity is
+    integrated (the official config's flag; false is TransMorph-diff-fullres)."""
 
     reg_head_chan: int = 16
     int_steps: int = 7
     image_sigma: float = 0.01
     prior_lambda: float = 10.0
     prior_lambda_mean: float = 10.0
+    downsample: bool = True
+
+
+@dataclass
+class TransMorphDiffFullResConfig(TransMorphDiffConfig):
+    """TransMorph-diff-fullres (official ``TransMorphDiff-Org-Res``, the network of the official
+    IXI -diff training script): the full decoder (``up4``, ``c2``) and a velocity integrated at
+    full resolution; 46,772,550 parameters."""
+
+    downsample: bool = False
 
 
 @dataclass
@@ -202,9 +215,19 @@ QUICK_DATA: dict[str, Any] = {"name": "synth", "ndim": 3, "size": [64, 64, 64], 
 
 
 def presets(
-    quick_steps: int, quick_lr: float, reg_weight: bool = True
+    quick_steps: int,
+    quick_lr: float,
+    reg_weight: bool = True,
+    paper_optimizer: Optional[dict[str, Any]] = None,
 ) -> dict[str, dict[str, Any]]:
-    """The run presets of one model (``reg_weight``: whether its objective has that weight)."""
+    """The run presets of one model.
+
+    Args:
+        quick_steps, quick_lr: steps and learning rate of the ``quick`` preset.
+        reg_weight: whether the model's objective has a ``reg_weight``.
+        paper_optimizer: ``train`` settings of the official script that differ from Adam with
+            AMSGrad (TransMorph-diff-fullres: Adamax).
+    """
     quick_model: dict[str, Any] = {"drop_path_rate": 0.0}
     if reg_weight:
         quick_model["reg_weight"] = 0.1
@@ -224,6 +247,7 @@ def presets(
                 "scheduler": "poly",
                 "poly_power": 0.9,
                 "batch_size": 1,
+                **(paper_optimizer or {}),
             },
         },
         "test": {"model": {"embed_dim": 6, "num_heads": [2, 2, 4, 4]}},

@@ -5,8 +5,8 @@ registration", Medical Image Analysis 82:102615, 2022 (doi 10.1016/j.media.2022.
 
 Each class keeps the official network's module names, so the authors' checkpoints load with
 :meth:`load_weights` (``regzoo ... --weights FILE``). The variants are different networks, as in the
-official code: -diff and -bspl stop the decoder at half resolution and put their own heads on it,
--Bayes wraps the network as ``net`` and adds Monte-Carlo dropout. Inputs of any size are padded at
+official code: -diff and -bspl stop the decoder at half resolution and put their own heads on it
+(-diff-fullres keeps the full decoder and integrates its velocity there), -Bayes wraps the network as ``net`` and adds Monte-Carlo dropout. Inputs of any size are padded at
 the end of each axis to a multiple of 32 (patch 4, three patch mergings) and the outputs cropped
 back; at sizes that are multiples of 32 (160x192x224) the computation is the official one.
 """
@@ -131,17 +131,20 @@ class TransMorph(TransMorphTrunk, _TransMorphModel):
 class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
     """TransMorph-diff: probabilistic diffeomorphic TransMorph (Dalca et al. 2019's model).
 
-    The decoder stops at half resolution (``up3`` with ``reg_head_chan`` channels); two 3x3 heads
-    give the mean ``mu`` and log-variance ``log_sigma`` of a stationary velocity. Training samples
-    ``mu + exp(log_sigma / 2) * eps``, inference uses ``mu``. As in the official code the sample is
-    squared ``int_steps`` times without dividing by ``2**int_steps`` first (the velocity is
-    ``2**int_steps * mu``) and the half-resolution displacement is upsampled x2 without rescaling
-    its values, so released weights give the released fields.
+    With ``downsample`` (``transmorph-diff``) the decoder stops at half resolution (``up3`` with
+    ``reg_head_chan`` channels), without it (``transmorph-diff-fullres``, the official
+    ``TransMorphDiff-Org-Res``) it runs the full decoder (``up4``, ``c2``) to full resolution;
+    two 3x3 heads give the mean ``mu`` and log-variance ``log_sigma`` of a stationary velocity on
+    that grid. Training samples ``mu + exp(log_sigma / 2) * eps``, inference uses ``mu``. As in
+    the official code the sample is squared ``int_steps`` times without dividing by
+    ``2**int_steps`` first (the velocity is ``2**int_steps * mu``, in voxels of the integration
+    grid), and with ``downsample`` the half-resolution displacement is upsampled x2 without
+    rescaling its values, so released weights give the released fields.
 
     Loss (official): ``MSE(warped, fixed) / image_sigma**2 + ndim / 2 * (mean(prior_lambda * D *
     exp(log_sigma) - log_sigma) + prior_lambda_mean * P)``, ``D`` the number of face neighbours
-    of each voxel, ``P = mean(sum_i (d u_i / d x_i)**2) / 2`` on the integrated half-resolution
-    displacement ``u`` (one-sided differences at the border).
+    of each voxel, ``P = mean(sum_i (d u_i / d x_i)**2) / 2`` on the integrated displacement
+    ``u`` on the integration grid (one-sided differences at the border).
 
     Args:
         ndim, in_channels: as :class:`TransMorph`.
@@ -150,6 +153,7 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         image_sigma: noise of the image likelihood (0.01).
         prior_lambda: weight of the variance terms (10).
         prior_lambda_mean: weight of the smoothness term (10).
+        downsample: integrate at half resolution (``True``) or at full resolution.
         **network: encoder/decoder sizes of :class:`TransMorphTrunk`.
     """
 
@@ -162,14 +166,15 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         image_sigma: float = _DIFF.image_sigma,
         prior_lambda: float = _DIFF.prior_lambda,
         prior_lambda_mean: float = _DIFF.prior_lambda_mean,
+        downsample: bool = _DIFF.downsample,
         **network: Any,
     ) -> None:
         super().__init__(
             ndim=ndim,
             in_channels=2 * in_channels,
             reg_head_chan=reg_head_chan,
-            up3_channels=reg_head_chan,
-            full_resolution=False,
+            up3_channels=reg_head_chan if downsample else None,
+            full_resolution=not downsample,
             **network,
         )
         conv = conv_nd(ndim)
@@ -179,6 +184,7 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         nn.init.normal_(self.flow_mean.weight, 0.0, 1e-5)
         nn.init.normal_(self.flow_sigma.weight, 0.0, 1e-10)
         nn.init.constant_(self.flow_sigma.bias, -10.0)
+        self.downsample = downsample
         self.int_steps = int_steps
         self.image_sigma = image_sigma
         self.prior_lambda = prior_lambda
@@ -190,25 +196,28 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         mean, log_sigma = self.flow_mean(feats), self.flow_sigma(feats)
         flow = mean + torch.exp(0.5 * log_sigma) * torch.randn_like(mean) if self.training else mean
         velocity = flow * 2**self.int_steps
-        half = integrate_velocity(velocity, self.int_steps)
-        ddf = F.interpolate(
-            half, scale_factor=2, mode=interpolation_mode(self.ndim), align_corners=False
-        )
-        half_shape = [(s + 1) // 2 for s in shape]
+        integrated = integrate_velocity(velocity, self.int_steps)
+        ddf = integrated
+        grid_shape = shape
+        if self.downsample:
+            ddf = F.interpolate(
+                integrated, scale_factor=2, mode=interpolation_mode(self.ndim), align_corners=False
+            )
+            grid_shape = [(s + 1) // 2 for s in shape]
         return self._output(
             batch,
             crop_to(ddf, shape),
-            velocity=crop_to(velocity, half_shape),
+            velocity=crop_to(velocity, grid_shape),
             extras={
-                "flow_mean": crop_to(mean, half_shape),
-                "flow_log_sigma": crop_to(log_sigma, half_shape),
-                "ddf_half": crop_to(half, half_shape),
+                "flow_mean": crop_to(mean, grid_shape),
+                "flow_log_sigma": crop_to(log_sigma, grid_shape),
+                "ddf_integrated": crop_to(integrated, grid_shape),
             },
         )
 
     def loss(self, batch: Batch, out: RegistrationOutput) -> dict[str, torch.Tensor]:
         recon = torch.mean((batch["fixed"] - out.warped) ** 2) / self.image_sigma**2
-        log_sigma, u = out.extras["flow_log_sigma"], out.extras["ddf_half"]
+        log_sigma, u = out.extras["flow_log_sigma"], out.extras["ddf_integrated"]
         degree = degree_map(tuple(log_sigma.shape[2:]), log_sigma.device, log_sigma.dtype)
         sigma_term = torch.mean(self.prior_lambda * degree * torch.exp(log_sigma) - log_sigma)
         divergence_sq = sum(torch.gradient(u[:, i], dim=i + 1)[0] ** 2 for i in range(self.ndim))

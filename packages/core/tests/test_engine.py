@@ -126,6 +126,16 @@ def test_training_learns_writes_files_and_checkpoint_describes_itself(tmp_path):
     assert "pair" not in result.metrics["summary"]  # an index, not a measure
 
 
+def test_adamax_is_built_from_the_config_and_trains(tmp_path):
+    trainer = Trainer(_cfg("train.optimizer=adamax", "train.weight_decay=0.001"), tmp_path / "a")
+    opt = trainer.optim["model"]
+    assert isinstance(opt, torch.optim.Adamax)
+    assert (opt.defaults["lr"], opt.defaults["weight_decay"]) == (0.1, 0.001)
+    train(_cfg("train.optimizer=adamax", "train.steps=60"), tmp_path / "b", progress=False)
+    shift = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["state_dict"]["shift"]
+    assert torch.allclose(shift, torch.full((2,), float(SHIFT)), atol=0.2)
+
+
 def test_resume_continues_to_the_same_weights(tmp_path):
     full = train(_cfg("train.steps=20"), tmp_path / "full", progress=False)
     train(_cfg("train.steps=8", "train.ckpt_every=4"), tmp_path / "part", progress=False)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import regzoo
+from regzoo.config import resolve_config
 from regzoo.engine.optim import make_optimizer
 from regzoo.labels import warp_labels
 from regzoo.metrics import dice_per_label
@@ -24,6 +25,31 @@ POOL = 16  # training pairs, cycled
 HELD_OUT = 4
 STEPS = 80
 MARGIN = 0.1
+
+
+@pytest.mark.parametrize(
+    "name,optimizer",
+    [("transmorph", torch.optim.Adam), ("transmorph-diff-fullres", torch.optim.Adamax)],
+)
+def test_paper_preset_uses_the_official_optimiser(name, optimizer):
+    # IXI scripts: Adam with AMSGrad; TransMorph-diff (full resolution): Adamax, no weight decay.
+    train = resolve_config(name, None, ["preset=paper"]).train
+    assert (train.lr, train.scheduler, train.poly_power, train.weight_decay) == (
+        1e-4,
+        "poly",
+        0.9,
+        0,
+    )
+    opt = make_optimizer(
+        [torch.nn.Parameter(torch.zeros(1))],
+        train.optimizer,
+        train.lr,
+        train.weight_decay,
+        train.amsgrad,
+    )
+    assert type(opt) is optimizer and opt.defaults.get("amsgrad", False) is (
+        optimizer is torch.optim.Adam
+    )
 
 
 def _synth(split: str, count: int) -> list[dict[str, torch.Tensor]]:

@@ -72,7 +72,10 @@ register_model(
     tags=("2d", "3d", "swin", "diffeomorphic", "probabilistic"),
     config=TransMorphDiffFullResConfig,
     target=_MODELS + "TransMorphDiff",
-    presets=presets(100, 1e-4, reg_weight=False),
+    # The official IXI -diff script trains this network with Adamax (no weight decay).
+    presets=presets(
+        100, 1e-4, reg_weight=False, paper_optimizer={"optimizer": "adamax", "amsgrad": False}
+    ),
 )
 register_model(
     "transmorph-bspl",

@@ -208,9 +208,10 @@ class Swin2dConfig(Swin3dConfig):
 
 # Run presets. "quick" (the default) is a CPU run of minutes on the embedded synthetic 3D pairs
 # at 64^3 (velocity fields of up to 10 voxels std): no stochastic depth and Grad weight 0.1, which
-# learn faster in a few hundred steps; "paper" is the official schedule: Adam with AMSGrad,
-# lr 1e-4, polynomial decay (power 0.9), 500 epochs at batch size 1, the official loss weights
-# (the builders' defaults); "test" sizes the network for regzoo.testing's conformance suite.
+# learn faster in a few hundred steps; "paper" is the official schedule: Adam with AMSGrad
+# (Adamax for -diff-fullres, as the official IXI -diff script), lr 1e-4, polynomial decay (power
+# 0.9), 500 epochs at batch size 1, the official loss weights (the builders' defaults); "test"
+# sizes the network for regzoo.testing's conformance suite.
 QUICK_DATA: dict[str, Any] = {"name": "synth", "ndim": 3, "size": [64, 64, 64], "deform_std": 10.0}
 
 

@@ -150,6 +150,34 @@ def test_bayes_dropout_stays_on_and_sample_moments():
         model.sample(batch, k=1)
 
 
+def test_bayes_min_mse_keeps_the_brute_force_choice_per_pair():
+    # Official protocol: of the Monte-Carlo samples keep the one whose warped image has the lowest
+    # MSE to the fixed image. Brute force: draw the same samples, take the argmin per pair.
+    model = regzoo.create_model("transmorph-bayes", ndim=2, **SMALL, bayes_select="min_mse").eval()
+    batch, k = _pair(32, 32, batch=2), 6
+    torch.manual_seed(0)
+    with torch.no_grad():
+        draws = [model(batch) for _ in range(k)]
+    mse = torch.stack([(d.warped - batch["fixed"]).pow(2).flatten(1).mean(1) for d in draws])
+    pick = mse.argmin(0)
+    assert pick[0] != pick[1]  # (seed 0) the two pairs keep different samples
+    torch.manual_seed(0)
+    out = model.sample(batch, k=k)
+    assert torch.equal(out.extras["selected_sample"], pick)
+    for b in range(2):
+        assert torch.equal(out.ddf[b], draws[pick[b]].ddf[b])
+        assert torch.equal(out.warped[b], draws[pick[b]].warped[b])
+    # The uncertainty is the spread of the same samples, whichever field is returned.
+    model.bayes_select = "mean"
+    torch.manual_seed(0)
+    mean = model.sample(batch, k=k)
+    torch.testing.assert_close(mean.ddf, torch.stack([d.ddf for d in draws]).mean(0))
+    torch.testing.assert_close(out.uncertainty, mean.uncertainty)
+    assert "selected_sample" not in mean.extras
+    with pytest.raises(ConfigError, match="bayes_select"):
+        regzoo.create_model("transmorph-bayes", ndim=2, **SMALL, bayes_select="median")
+
+
 def test_bayes_without_dropout_has_zero_uncertainty():
     model = regzoo.create_model("transmorph-bayes", ndim=2, **SMALL, mc_drop=0.0).eval()
     batch = _pair(32, 32)

@@ -170,9 +170,12 @@ class TransMorphBSplineConfig(_Objective, _Network):
 @dataclass
 class TransMorphBayesConfig(TransMorphConfig):
     """TransMorph-Bayes: TransMorph with Monte-Carlo dropout (0.15) in the Swin blocks and on the
-    convolutional skips, active at inference."""
+    convolutional skips, active at inference. ``bayes_select``: the field that ``sample`` returns,
+    ``mean`` (the Monte-Carlo mean) or ``min_mse`` (the sample whose warped image is closest to
+    the fixed one in MSE, the official evaluation scripts' choice)."""
 
     mc_drop: float = 0.15
+    bayes_select: str = "mean"
 
 
 @dataclass

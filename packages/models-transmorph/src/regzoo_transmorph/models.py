@@ -42,7 +42,17 @@ from .network import (
     registration_head,
 )
 
-__all__ = ["TransMorph", "TransMorphDiff", "TransMorphBSpline", "TransMorphBayes"]
+__all__ = [
+    "TransMorph",
+    "TransMorphDiff",
+    "TransMorphBSpline",
+    "TransMorphBayes",
+    "BAYES_SELECTIONS",
+]
+
+#: What :meth:`TransMorphBayes.sample` returns as the field: the Monte-Carlo mean, or the sample
+#: whose warped image has the lowest MSE to the fixed image (the official evaluation scripts).
+BAYES_SELECTIONS = ("mean", "min_mse")
 
 # The registered entries' configs are the one source of the classes' defaults.
 _DEFAULTS = TransMorphConfig()
@@ -308,7 +318,9 @@ class TransMorphBayes(_TransMorphModel):
 
     Dropout at ``mc_drop`` (0.15) on attention weights, attention projections and MLPs of every
     Swin block and channel dropout on both convolutional skips; it stays active at inference, so
-    each forward pass is one sample of the field. :meth:`sample` draws ``k`` of them. Layout as
+    each forward pass is one sample of the field. :meth:`sample` draws ``k`` of them and returns
+    their mean (``bayes_select="mean"``, the default) or, as the official evaluation scripts do,
+    the one whose warped image has the lowest MSE to the fixed image (``"min_mse"``). Layout as
     official: the network is ``net`` and the head ``reg_head`` beside it; the official ``net``
     also holds a ``reg_head`` and a ``sigma_head`` its forward pass never uses, which are dropped
     from checkpoints on load (:attr:`unused_official_keys`).
@@ -317,6 +329,7 @@ class TransMorphBayes(_TransMorphModel):
         ndim, in_channels, similarity, regularizer, reg_weight, segmentation, seg_weight: as
             :class:`TransMorph`.
         mc_drop: Monte-Carlo dropout rate.
+        bayes_select: the field :meth:`sample` returns, one of :data:`BAYES_SELECTIONS`.
         **network: encoder/decoder sizes of :class:`TransMorphTrunk`.
     """
 
@@ -327,6 +340,7 @@ class TransMorphBayes(_TransMorphModel):
         ndim: int = _BAYES.ndim,
         in_channels: int = _BAYES.in_channels,
         mc_drop: float = _BAYES.mc_drop,
+        bayes_select: str = _BAYES.bayes_select,
         similarity: Mapping[str, Any] = _BAYES.similarity,
         regularizer: Mapping[str, Any] = _BAYES.regularizer,
         reg_weight: float = _BAYES.reg_weight,
@@ -335,6 +349,11 @@ class TransMorphBayes(_TransMorphModel):
         **network: Any,
     ) -> None:
         super().__init__()
+        if bayes_select not in BAYES_SELECTIONS:
+            raise ConfigError(
+                f"bayes_select must be one of {', '.join(BAYES_SELECTIONS)}, got {bayes_select!r}"
+            )
+        self.bayes_select = bayes_select
         self.ndim = ndim
         self.net = TransMorphTrunk(
             ndim=ndim, in_channels=2 * in_channels, full_resolution=True, mc_drop=mc_drop, **network
@@ -357,35 +376,51 @@ class TransMorphBayes(_TransMorphModel):
 
     @torch.no_grad()
     def sample(self, batch: Batch, k: int = 25) -> RegistrationOutput:
-        """Mean field and uncertainty over ``k`` Monte-Carlo samples (official: 25).
+        """The field and its uncertainty from ``k`` Monte-Carlo samples (official: 25).
 
         Used by ``regzoo register --samples K``. Runs without gradients and keeps two running
-        moments (Welford), not the ``k`` fields.
+        moments (Welford) and, for ``min_mse``, the best sample so far, not the ``k`` fields.
 
         Returns:
-            ``ddf``: mean displacement ``(B, ndim, *S)``; ``warped``: moving image warped by it;
-            ``uncertainty``: per-voxel variance of the displacement summed over its components
-            (expected squared distance from the mean, voxels^2), ``(B, 1, *S)``;
-            ``extras["appearance_uncertainty"]``: per-voxel variance of the warped images
-            (the official "epistemic" map), ``(B, C, *S)``. Variances are unbiased.
+            ``ddf`` ``(B, ndim, *S)``: with ``bayes_select="mean"`` the mean displacement; with
+            ``"min_mse"`` per pair the sample whose warped image has the lowest mean squared
+            difference to the fixed image (the first such sample on ties), its index in
+            ``extras["selected_sample"]`` ``(B,)``; ``warped``: the moving image warped by
+            ``ddf``; ``uncertainty``: per-voxel variance of the displacement over the samples,
+            summed over its components (expected squared distance from the mean, voxels^2),
+            ``(B, 1, *S)``; ``extras["appearance_uncertainty"]``: per-voxel variance of the
+            warped images (the official "epistemic" map), ``(B, C, *S)``. Variances are unbiased.
         """
         if k < 2:
             raise ConfigError(f"an uncertainty map needs at least 2 Monte-Carlo samples, got {k}")
-        ddf_mean = ddf_m2 = img_mean = img_m2 = None
+        ddf_mean = ddf_m2 = img_mean = img_m2 = best = None
         for i in range(1, k + 1):
             out = self(batch)
+            mse = (out.warped - batch["fixed"]).pow(2).flatten(1).mean(1)
             if ddf_mean is None:
                 ddf_mean, img_mean = out.ddf.clone(), out.warped.clone()
                 ddf_m2, img_m2 = torch.zeros_like(out.ddf), torch.zeros_like(out.warped)
+                best = {"mse": mse, "ddf": out.ddf, "warped": out.warped}
+                best["index"] = torch.zeros_like(mse, dtype=torch.long)
                 continue
             for value, mean, m2 in ((out.ddf, ddf_mean, ddf_m2), (out.warped, img_mean, img_m2)):
                 delta = value - mean
                 mean += delta / i
                 m2 += delta * (value - mean)
-        uncertainty = (ddf_m2 / (k - 1)).sum(dim=1, keepdim=True)
+            better = mse < best["mse"]
+            best["index"] = torch.where(better, i - 1, best["index"])
+            for key, value in (("mse", mse), ("ddf", out.ddf), ("warped", out.warped)):
+                where = better.view(-1, *[1] * (value.dim() - 1))
+                best[key] = torch.where(where, value, best[key])
+        extras = {"appearance_uncertainty": img_m2 / (k - 1)}
+        if self.bayes_select == "min_mse":
+            ddf, warped = best["ddf"], best["warped"]
+            extras["selected_sample"] = best["index"]
+        else:
+            ddf, warped = ddf_mean, warp(batch["moving"], ddf_mean)
         return RegistrationOutput(
-            warped=warp(batch["moving"], ddf_mean),
-            ddf=ddf_mean,
-            uncertainty=uncertainty,
-            extras={"appearance_uncertainty": img_m2 / (k - 1)},
+            warped=warped,
+            ddf=ddf,
+            uncertainty=(ddf_m2 / (k - 1)).sum(dim=1, keepdim=True),
+            extras=extras,
         )

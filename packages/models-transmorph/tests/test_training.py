@@ -10,15 +10,19 @@ near-identity field), where the plain dense head folds more than 0.1%.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 import regzoo
 from regzoo.config import resolve_config
+from regzoo.engine import Trainer
 from regzoo.engine.optim import make_optimizer
 from regzoo.labels import warp_labels
 from regzoo.metrics import dice_per_label
 from regzoo.models import Optimizers
+from regzoo_transmorph.models import reversed_pair
 
 QUICK = regzoo.get_entry("model", "transmorph-tiny").presets["quick"]
 POOL = 16  # training pairs, cycled
@@ -50,6 +54,59 @@ def test_paper_preset_uses_the_official_optimiser(name, optimizer):
     assert type(opt) is optimizer and opt.defaults.get("amsgrad", False) is (
         optimizer is torch.optim.Adam
     )
+
+
+def test_bidirectional_step_is_two_updates_at_one_learning_rate():
+    # Official OASIS / top-level scripts: an update on (x, y), then one on (y, x) with the labels
+    # exchanged, both at the epoch's learning rate. Reference: the same two updates by hand.
+    torch.manual_seed(0)
+    options = {"ndim": 2, "drop_path_rate": 0.0, "seg_weight": 1.0}
+    model = regzoo.create_model("transmorph-tiny", **options, bidirectional_step=True)
+    reference = copy.deepcopy(model)
+    reference.bidirectional_step = False
+    g = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(1, 1, 32, 32, generator=g) for k in ("moving", "fixed")}
+    batch["moving_label"] = torch.randint(0, 3, (1, 1, 32, 32), generator=g)
+    batch["fixed_label"] = torch.randint(0, 3, (1, 1, 32, 32), generator=g)
+    batch["spacing"] = torch.ones(1, 2)
+    back = {
+        "moving": batch["fixed"],
+        "fixed": batch["moving"],
+        "moving_label": batch["fixed_label"],
+        "fixed_label": batch["moving_label"],
+        "spacing": batch["spacing"],
+    }
+    assert reversed_pair(batch).keys() == back.keys()
+    assert all(reversed_pair(batch)[k] is v for k, v in back.items())
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+    halving = torch.optim.lr_scheduler.LambdaLR(adam, lambda s: 0.5**s)
+    terms = model.training_step(batch, Optimizers({"model": adam}, {"model": halving}), 0)
+    plain = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    expected = []
+    for pair in (batch, back):
+        halfway = [p.detach().clone() for p in reference.parameters()]
+        loss = reference.loss(pair, reference(pair))
+        plain.zero_grad()
+        loss["loss"].backward()
+        plain.step()
+        expected.append(loss)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), halfway))
+    assert halving.last_epoch == 1 and adam.param_groups[0]["lr"] == 5e-4  # one step scheduled
+    assert set(terms) == {"similarity", "regularizer", "segmentation", "loss"}
+    for key, value in terms.items():
+        torch.testing.assert_close(value, (expected[0][key] + expected[1][key]).detach() / 2)
+
+
+def test_bidirectional_step_through_the_engine(tmp_path):
+    # The engine's steps and poly schedule count steps, not updates.
+    overrides = ["data.ndim=2", "data.size=[32,32]", "train.steps=3", "train.scheduler=poly"]
+    cfg = resolve_config("transmorph-tiny", None, [*overrides, "model.bidirectional_step=true"])
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.fit()
+    assert trainer.model.bidirectional_step and trainer.step == 3
+    assert trainer.optim.schedulers["model"].last_epoch == 3
 
 
 def _synth(split: str, count: int) -> list[dict[str, torch.Tensor]]:

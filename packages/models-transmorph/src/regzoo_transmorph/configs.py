@@ -101,7 +101,16 @@ class _Objective:
 
 
 @dataclass
-class TransMorphConfig(_Objective, _Network):
+class _Training:
+    """How a training step runs. ``bidirectional_step``: after the update on (moving, fixed) a
+    second update on the reversed pair (fixed, moving), as the official OASIS and top-level
+    training scripts; the IXI scripts (the ``paper`` preset) take one update per step."""
+
+    bidirectional_step: bool = False
+
+
+@dataclass
+class TransMorphConfig(_Training, _Objective, _Network):
     """TransMorph: embed 96, depths (2, 2, 4, 2), heads (4, 4, 8, 8); 46,771,251 parameters."""
 
     reg_head_chan: int = 16
@@ -133,7 +142,7 @@ class TransMorphLargeConfig(TransMorphConfig):
 
 
 @dataclass
-class TransMorphDiffConfig(_Network):
+class TransMorphDiffConfig(_Training, _Network):
     """TransMorph-diff: half-resolution velocity mean and log-variance, 7 squarings; loss
     ``MSE / image_sigma**2`` + KL to a Laplacian-like prior (Dalca et al. 2019); 46,557,414
     parameters. ``downsample``: the decoder stops at half resolution, where the velocity is
@@ -157,7 +166,7 @@ class TransMorphDiffFullResConfig(TransMorphDiffConfig):
 
 
 @dataclass
-class TransMorphBSplineConfig(_Objective, _Network):
+class TransMorphBSplineConfig(_Training, _Objective, _Network):
     """TransMorph-bspl: cubic B-spline velocity on control points every ``cps`` voxels
     (``cps`` null: 3 voxels on every axis), two 3x3 convolutions of ``resize_channels`` after
     resizing, 7 squarings; Grad-l2 on the velocity."""

@@ -22,7 +22,13 @@ from torch import nn
 
 from regzoo.errors import ConfigError, UserError
 from regzoo.losses import degree_map
-from regzoo.models import Batch, RegistrationLoss, RegistrationModel, RegistrationOutput
+from regzoo.models import (
+    Batch,
+    Optimizers,
+    RegistrationLoss,
+    RegistrationModel,
+    RegistrationOutput,
+)
 from regzoo.nn import conv_nd, interpolation_mode
 from regzoo.spatial import control_grid_shape, integrate_velocity, warp
 
@@ -48,6 +54,7 @@ __all__ = [
     "TransMorphBSpline",
     "TransMorphBayes",
     "BAYES_SELECTIONS",
+    "reversed_pair",
 ]
 
 #: What :meth:`TransMorphBayes.sample` returns as the field: the Monte-Carlo mean, or the sample
@@ -61,11 +68,44 @@ _BSPLINE = TransMorphBSplineConfig()
 _BAYES = TransMorphBayesConfig()
 
 
+def reversed_pair(batch: Batch) -> dict[str, Any]:
+    """``batch`` with the moving and fixed sides exchanged: ``moving`` <-> ``fixed`` and every
+    ``moving_*`` <-> ``fixed_*`` (labels, masks, landmarks); other keys (``spacing``) as they are."""
+    out = {}
+    for key, value in batch.items():
+        for side, other in (("moving", "fixed"), ("fixed", "moving")):
+            if key == side or key.startswith(side + "_"):
+                key = other + key[len(side) :]
+                break
+        out[key] = value
+    return out
+
+
 class _TransMorphModel(RegistrationModel):
-    """What the family shares: the input pair, padding, the output, official checkpoints."""
+    """What the family shares: the input pair, padding, the output, official checkpoints, the
+    training step."""
 
     #: State-dict prefixes of parameters the official network holds but never uses.
     unused_official_keys: tuple[str, ...] = ()
+    #: A second update on the reversed pair in every training step (set from the config).
+    bidirectional_step: bool = False
+
+    def training_step(self, batch: Batch, optim: Optimizers, step: int) -> dict[str, torch.Tensor]:
+        """One update on (moving, fixed); with :attr:`bidirectional_step` then a second one on
+        (fixed, moving), labels exchanged too, as the official OASIS and top-level training
+        scripts do. Both updates take the step's learning rate (the schedule advances once).
+
+        Returns:
+            The loss terms; with two updates, each term's mean over both.
+        """
+        if not self.bidirectional_step:
+            return super().training_step(batch, optim, step)
+        updates = []
+        for pair, last in ((batch, False), (reversed_pair(batch), True)):
+            terms = self.loss(pair, self(pair))
+            optim.step(terms["loss"], schedule=last)
+            updates.append(terms)
+        return {k: (updates[0][k].detach() + updates[1][k].detach()) / 2 for k in updates[0]}
 
     def load_weights(self, state: Mapping[str, Any]) -> None:
         """Load an official TransMorph state dict (or a regzoo one); see :mod:`.checkpoint`.
@@ -111,6 +151,8 @@ class TransMorph(TransMorphTrunk, _TransMorphModel):
         in_channels: channels of each of the moving and fixed images (concatenated in the net).
         similarity, regularizer, segmentation: registry loss configs.
         reg_weight, seg_weight: their weights.
+        bidirectional_step: a second update on the reversed pair in every training step
+            (:meth:`training_step`; official OASIS and top-level scripts).
         **network: sizes of :class:`~regzoo_transmorph.network.TransMorphTrunk` (``embed_dim``,
             ``depths``, ``num_heads``, ``window_size``, ``use_checkpoint``, ...).
     """
@@ -124,9 +166,11 @@ class TransMorph(TransMorphTrunk, _TransMorphModel):
         reg_weight: float = _DEFAULTS.reg_weight,
         segmentation: Mapping[str, Any] = _DEFAULTS.segmentation,
         seg_weight: float = _DEFAULTS.seg_weight,
+        bidirectional_step: bool = _DEFAULTS.bidirectional_step,
         **network: Any,
     ) -> None:
         super().__init__(ndim=ndim, in_channels=2 * in_channels, full_resolution=True, **network)
+        self.bidirectional_step = bidirectional_step
         self.reg_head = registration_head(ndim, self.out_channels)
         self.criterion = RegistrationLoss(
             similarity, regularizer, reg_weight, segmentation, seg_weight, field="ddf"
@@ -164,6 +208,7 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         prior_lambda: weight of the variance terms (10).
         prior_lambda_mean: weight of the smoothness term (10).
         downsample: integrate at half resolution (``True``) or at full resolution.
+        bidirectional_step: as :class:`TransMorph`.
         **network: encoder/decoder sizes of :class:`TransMorphTrunk`.
     """
 
@@ -177,6 +222,7 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         prior_lambda: float = _DIFF.prior_lambda,
         prior_lambda_mean: float = _DIFF.prior_lambda_mean,
         downsample: bool = _DIFF.downsample,
+        bidirectional_step: bool = _DIFF.bidirectional_step,
         **network: Any,
     ) -> None:
         super().__init__(
@@ -195,6 +241,7 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         nn.init.normal_(self.flow_sigma.weight, 0.0, 1e-10)
         nn.init.constant_(self.flow_sigma.bias, -10.0)
         self.downsample = downsample
+        self.bidirectional_step = bidirectional_step
         self.int_steps = int_steps
         self.image_sigma = image_sigma
         self.prior_lambda = prior_lambda
@@ -255,6 +302,7 @@ class TransMorphBSpline(TransMorphTrunk, _TransMorphModel):
         cps: control-point spacing per axis in voxels (``None``: 3 per axis).
         resize_channels: widths of the convolutions after resizing ((32, 32)).
         int_steps: squarings (7).
+        bidirectional_step: as :class:`TransMorph`.
         **network: encoder/decoder sizes of :class:`TransMorphTrunk`.
     """
 
@@ -270,9 +318,11 @@ class TransMorphBSpline(TransMorphTrunk, _TransMorphModel):
         reg_weight: float = _BSPLINE.reg_weight,
         segmentation: Mapping[str, Any] = _BSPLINE.segmentation,
         seg_weight: float = _BSPLINE.seg_weight,
+        bidirectional_step: bool = _BSPLINE.bidirectional_step,
         **network: Any,
     ) -> None:
         super().__init__(ndim=ndim, in_channels=2 * in_channels, full_resolution=False, **network)
+        self.bidirectional_step = bidirectional_step
         self.cps = tuple(int(c) for c in (cps or (3,) * ndim))
         if len(self.cps) != ndim or min(self.cps) < 1:
             raise ConfigError(f"cps needs {ndim} positive spacings, got {list(self.cps)}")
@@ -330,6 +380,7 @@ class TransMorphBayes(_TransMorphModel):
             :class:`TransMorph`.
         mc_drop: Monte-Carlo dropout rate.
         bayes_select: the field :meth:`sample` returns, one of :data:`BAYES_SELECTIONS`.
+        bidirectional_step: as :class:`TransMorph`.
         **network: encoder/decoder sizes of :class:`TransMorphTrunk`.
     """
 
@@ -346,6 +397,7 @@ class TransMorphBayes(_TransMorphModel):
         reg_weight: float = _BAYES.reg_weight,
         segmentation: Mapping[str, Any] = _BAYES.segmentation,
         seg_weight: float = _BAYES.seg_weight,
+        bidirectional_step: bool = _BAYES.bidirectional_step,
         **network: Any,
     ) -> None:
         super().__init__()
@@ -354,6 +406,7 @@ class TransMorphBayes(_TransMorphModel):
                 f"bayes_select must be one of {', '.join(BAYES_SELECTIONS)}, got {bayes_select!r}"
             )
         self.bayes_select = bayes_select
+        self.bidirectional_step = bidirectional_step
         self.ndim = ndim
         self.net = TransMorphTrunk(
             ndim=ndim, in_channels=2 * in_channels, full_resolution=True, mc_drop=mc_drop, **network

@@ -17,6 +17,7 @@ FAST = {
     ("transmorph-diff-fullres", 2),
     ("transmorph-bspl", 2),
     ("transmorph-bayes", 2),
+    ("transmorph-affine", 3),
 }
 CASES = [
     pytest.param(
@@ -27,7 +28,7 @@ CASES = [
 
 
 def test_every_model_is_covered():
-    assert len(CASES) == 16 and FAST <= {tuple(c.values) for c in CASES}
+    assert len(CASES) == 17 and FAST <= {tuple(c.values) for c in CASES}
 
 
 @pytest.mark.parametrize("name,ndim", CASES)

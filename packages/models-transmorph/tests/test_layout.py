@@ -27,6 +27,7 @@ OFFICIAL_COUNTS = {
     "transmorph-diff-fullres": 46_772_550,
     "transmorph-bspl": 46_806_307,
     "transmorph-bayes": 46_772_983,
+    "transmorph-affine": 90_095_131,  # TransMorph_affine's TransMorphAffine at 160x192x224
     "transmorph-large": 108_343_907,
     "transmorph-small": 11_757_195,
     "transmorph-tiny": 244_527,

@@ -10,6 +10,7 @@ from scipy.interpolate import BSpline
 
 import regzoo
 from regzoo.errors import ConfigError, UserError
+from regzoo.spatial import affine_to_ddf
 from regzoo_transmorph.bspline import bspline_kernel_1d, bspline_to_dense
 from regzoo_transmorph.models import TransMorph
 
@@ -51,6 +52,21 @@ def test_150x170x190_registers_at_full_size():
     assert out.ddf.shape == (1, 3, 150, 170, 190)
     assert out.warped.shape == (1, 1, 150, 170, 190)
     assert torch.isfinite(out.ddf).all()
+
+
+def test_affine_registers_any_size_through_its_input_size():
+    # The network sees the pair resized to img_size; the transform, defined on normalised
+    # coordinates, is applied to the moving image at its own size.
+    model = regzoo.create_model("transmorph-affine", **SMALL, img_size=[32, 32, 64]).eval()
+    with torch.no_grad():
+        out = model(_pair(20, 21, 22, batch=2))
+    assert out.ddf.shape == (2, 3, 20, 21, 22) and out.affine.shape == (2, 3, 4)
+    torch.testing.assert_close(out.ddf, affine_to_ddf(out.affine, (20, 21, 22)))
+    assert out.extras["shear"].shape == (2, 6)
+    with pytest.raises(UserError, match="3D"):
+        model(_pair(32, 32))
+    with pytest.raises(ConfigError, match="img_size must be 3 positive multiples of 32"):
+        regzoo.create_model("transmorph-affine", **SMALL, img_size=[32, 32, 40])
 
 
 def test_mismatched_pair_is_a_user_error():

@@ -25,11 +25,13 @@ __all__ = [
     "TransMorphDiffFullResConfig",
     "TransMorphBSplineConfig",
     "TransMorphBayesConfig",
+    "TransMorphAffineConfig",
     "Swin3dConfig",
     "Swin2dConfig",
     "QUICK_DATA",
     "PAPER_STEPS",
     "presets",
+    "AFFINE_PRESETS",
 ]
 
 TRANSMORPH_2022 = Paper(
@@ -60,19 +62,18 @@ def _loss(**cfg: Any):
 
 
 @dataclass
-class _Network:
-    """Fields shared by every member: data dimensions and the Swin encoder + decoder sizes.
+class _Encoder:
+    """The Swin encoder's sizes, as the official configs name them.
 
-    ``window_size`` null: the official windows, (5, 6, 7) in 3D and (8, 8) in 2D.
+    ``window_size`` null: the official windows of the model (see :class:`_Network` and
+    :class:`TransMorphAffineConfig`).
     """
 
-    ndim: int = 3
     in_channels: int = 1
     patch_size: int = 4
     embed_dim: int = 96
     depths: list[int] = _ints(2, 2, 4, 2)
     num_heads: list[int] = _ints(4, 4, 8, 8)
-    # None: (5, 6, 7) in 3D, (8, 8) in 2D (the official IXI/OASIS and RaFD configs).
     window_size: Optional[list[int]] = None
     mlp_ratio: float = 4.0
     qkv_bias: bool = False
@@ -80,9 +81,21 @@ class _Network:
     drop_path_rate: float = 0.3
     rpe: bool = True
     patch_norm: bool = True
+    use_checkpoint: bool = False
+
+
+@dataclass
+class _Network(_Encoder):
+    """Fields shared by the deformable members: data dimensions, the Swin encoder and the decoder's
+    skips.
+
+    ``window_size`` null: the official windows, (5, 6, 7) in 3D and (8, 8) in 2D (the official
+    IXI/OASIS and RaFD configs).
+    """
+
+    ndim: int = 3
     if_transskip: bool = True
     if_convskip: bool = True
-    use_checkpoint: bool = False
 
 
 @dataclass
@@ -188,6 +201,18 @@ class TransMorphBayesConfig(TransMorphConfig):
 
 
 @dataclass
+class TransMorphAffineConfig(_Encoder):
+    """TransMorph-affine (the official ``TransMorph_affine``): the Swin encoder of TransMorph on
+    inputs resized to ``img_size``, then four MLP heads (rotation, scaling, translation, shear) of
+    a 3D affine transform; 90,095,131 parameters. Objective: MSE (official). ``window_size``
+    null: the encoder's last feature grid, ``img_size`` / 32 per axis ((5, 6, 7), as the official
+    training script sets it)."""
+
+    img_size: list[int] = _ints(160, 192, 224)
+    similarity: dict[str, Any] = _loss(name="mse")
+
+
+@dataclass
 class Swin3dConfig:
     """TransMorph's Swin encoder (3D windows (5, 6, 7))."""
 
@@ -265,3 +290,37 @@ def presets(
         },
         "test": {"model": {"embed_dim": 6, "num_heads": [2, 2, 4, 4]}},
     }
+
+
+# TransMorph-affine. quick: synthetic 3D pairs at 64^3 related by a random affine, the network's
+# input size 64^3 (windows (2, 2, 2)), no stochastic depth. paper: the official affine script,
+# AdamW at lr 1e-4 with PyTorch's default weight decay 0.01, no schedule, 500 epochs at batch
+# size 1 (of the IXI training set, as the other IXI scripts), MSE.
+AFFINE_PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "data": {**QUICK_DATA, "deformation": "affine"},
+        "model": {"img_size": [64, 64, 64], "drop_path_rate": 0.0},
+        "train": {
+            "steps": 100,
+            "lr": 1e-4,
+            "optimizer": "adamw",
+            "weight_decay": 0.01,
+            "batch_size": 1,
+        },
+    },
+    "paper": {
+        "data": {"name": "synth", "ndim": 3, "size": [160, 192, 224], "deformation": "affine"},
+        "train": {
+            "steps": PAPER_STEPS,
+            "lr": 1e-4,
+            "optimizer": "adamw",
+            "weight_decay": 0.01,
+            "scheduler": "none",
+            "batch_size": 1,
+        },
+    },
+    "test": {
+        "size": {"3d": [16, 16, 16]},
+        "model": {"embed_dim": 6, "num_heads": [2, 2, 4, 4], "img_size": [32, 32, 64]},
+    },
+}

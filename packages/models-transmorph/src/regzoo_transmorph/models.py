@@ -116,15 +116,21 @@ class _TransMorphModel(RegistrationModel):
         """
         load_official_checkpoint(self, state)
 
-    def _pair(self, batch: Batch) -> tuple[torch.Tensor, tuple[int, ...]]:
+    def _concat(self, batch: Batch) -> torch.Tensor:
+        """The network input: moving and fixed images concatenated, ``(B, 2C, *S)``."""
         moving, fixed = batch["moving"], batch["fixed"]
         if moving.dim() != self.ndim + 2 or moving.shape != fixed.shape:
             raise UserError(
                 f"{type(self).__name__} ({self.ndim}D) needs moving and fixed images of one size "
                 f"(B, C, *{self.ndim} axes), got {tuple(moving.shape)} and {tuple(fixed.shape)}"
             )
-        x = torch.cat([moving, fixed], dim=1)
-        return pad_to_multiple(x, self.size_multiple), tuple(moving.shape[2:])
+        return torch.cat([moving, fixed], dim=1)
+
+    def _pair(self, batch: Batch) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The input pair padded to :attr:`size_multiple`, and the spatial size to crop back to."""
+        return pad_to_multiple(self._concat(batch), self.size_multiple), tuple(
+            batch["moving"].shape[2:]
+        )
 
     def _output(self, batch: Batch, ddf: torch.Tensor, **fields: Any) -> RegistrationOutput:
         out = RegistrationOutput(warped=warp(batch["moving"], ddf), ddf=ddf, **fields)

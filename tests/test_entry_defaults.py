@@ -30,7 +30,12 @@ one_thread = pytest.fixture(autouse=True)(one_thread)
 
 # The shipped models (their manifests), not those other test modules register in this process.
 MODELS = load_catalog().names("model")
-NDIM = 2
+NDIM = 2  # or the one dimensionality of a model that claims only 3D (transmorph-affine)
+
+
+def _ndim(name: str) -> int:
+    dims = get_entry("model", name).dims
+    return NDIM if NDIM in dims else dims[0]
 
 
 def _defaults(name: str) -> dict[str, Any]:
@@ -53,7 +58,8 @@ def _assert_same_model(name: str, direct: torch.nn.Module, registered: torch.nn.
     shapes = {k: tuple(v.shape) for k, v in direct.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in registered.state_dict().items()}, name
     channels = int(_defaults(name).get("in_channels", 1))
-    batch = tiny_batch(NDIM, input_size(name, NDIM), channels=channels)
+    ndim = _ndim(name)
+    batch = tiny_batch(ndim, input_size(name, ndim), channels=channels)
     got, expected = _loss(direct, batch), _loss(registered, batch)
     assert sorted(got) == sorted(expected), name
     for key in expected:
@@ -72,7 +78,7 @@ def test_every_model_is_a_config_and_a_target():
 def test_class_with_the_config_defaults_is_the_registered_model(name):
     entry = get_entry("model", name)
     cls = entry.builder.load()
-    small = suite_config(name, NDIM)
+    small = suite_config(name, _ndim(name))
     direct = _seeded(lambda: cls(**{**_defaults(name), **small}))
     registered = _seeded(lambda: regzoo.create_model(name, **small))
     _assert_same_model(name, direct, registered)
@@ -114,7 +120,7 @@ def test_class_built_directly_is_its_first_entry(target, name):
     """``VoxelMorph()`` has voxelmorph's network and loss terms, ``TransMorph()`` transmorph's."""
     assert name, f"{target}: no registered entry has the defaults of the class's signature"
     cls = get_entry("model", name).builder.load()
-    small = suite_config(name, NDIM)
+    small = suite_config(name, _ndim(name))
     direct = _seeded(lambda: cls(**small))
     registered = _seeded(lambda: regzoo.create_model(name, **small))
     _assert_same_model(name, direct, registered)

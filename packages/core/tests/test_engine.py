@@ -15,7 +15,7 @@ from torch import nn
 from regzoo.config import resolve_config
 from regzoo.engine import Trainer, load_checkpoint, save_checkpoint, train
 from regzoo.errors import ConfigError, DataError, NonFiniteLossError, UserError
-from regzoo.models import RegistrationModel, RegistrationOutput
+from regzoo.models import Optimizers, RegistrationModel, RegistrationOutput
 from regzoo.registry import register_dataset, register_model
 from regzoo.spatial import warp
 
@@ -124,6 +124,27 @@ def test_training_learns_writes_files_and_checkpoint_describes_itself(tmp_path):
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert result.metrics["summary"]["dice"] > result.metrics["identity"]["dice"]
     assert "pair" not in result.metrics["summary"]  # an index, not a measure
+
+
+def test_adamax_is_built_from_the_config_and_trains(tmp_path):
+    trainer = Trainer(_cfg("train.optimizer=adamax", "train.weight_decay=0.001"), tmp_path / "a")
+    opt = trainer.optim["model"]
+    assert isinstance(opt, torch.optim.Adamax)
+    assert (opt.defaults["lr"], opt.defaults["weight_decay"]) == (0.1, 0.001)
+    train(_cfg("train.optimizer=adamax", "train.steps=60"), tmp_path / "b", progress=False)
+    shift = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["state_dict"]["shift"]
+    assert torch.allclose(shift, torch.full((2,), float(SHIFT)), atol=0.2)
+
+
+def test_updates_without_schedule_share_the_step_learning_rate():
+    p = nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
+    optim = Optimizers({"model": opt}, {"model": schedule})
+    optim.step((p**2).sum(), schedule=False)  # p: 1 - 1 * 2 = -1, the schedule left as it is
+    assert p.item() == -1.0 and opt.param_groups[0]["lr"] == 1.0
+    optim.step((p**2).sum())  # the step's last update, at the same rate: -1 + 2 = 1
+    assert p.item() == 1.0 and opt.param_groups[0]["lr"] == 0.5 and schedule.last_epoch == 1
 
 
 def test_resume_continues_to_the_same_weights(tmp_path):

@@ -226,8 +226,9 @@ def test_resize_field_rescales_values():
 # --- affine ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("align_corners", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_affine_to_ddf_agrees_with_affine_grid(shape):
+def test_affine_to_ddf_agrees_with_affine_grid(shape, align_corners):
     ndim = len(shape)
     g = torch.Generator().manual_seed(0)
     theta = torch.cat([torch.eye(ndim), torch.zeros(ndim, 1)], 1).expand(2, -1, -1)
@@ -235,12 +236,11 @@ def test_affine_to_ddf_agrees_with_affine_grid(shape):
     theta[:, :, -1] *= 10  # translations of about a voxel
     image = torch.rand(2, 1, *shape, generator=g)
     ours = warp(image, affine_to_ddf(theta, shape))
-    grid = F.affine_grid(affine_to_normalised(theta, shape), list(image.shape), align_corners=True)
-    ref = F.grid_sample(image, grid, align_corners=True)
+    theta_n = affine_to_normalised(theta, shape, align_corners)
+    grid = F.affine_grid(theta_n, list(image.shape), align_corners=align_corners)
+    ref = F.grid_sample(image, grid, align_corners=align_corners)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(
-        affine_from_normalised(affine_to_normalised(theta, shape), shape), theta
-    )
+    torch.testing.assert_close(affine_from_normalised(theta_n, shape, align_corners), theta)
 
 
 def test_affine_conventions_centre_and_physical_units():

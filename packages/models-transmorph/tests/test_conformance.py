@@ -14,8 +14,10 @@ FAST = {
     ("transmorph-tiny", 2),
     ("transmorph-tiny", 3),
     ("transmorph-diff", 2),
+    ("transmorph-diff-fullres", 2),
     ("transmorph-bspl", 2),
     ("transmorph-bayes", 2),
+    ("transmorph-affine", 3),
 }
 CASES = [
     pytest.param(
@@ -26,7 +28,7 @@ CASES = [
 
 
 def test_every_model_is_covered():
-    assert len(CASES) == 14 and FAST <= {tuple(c.values) for c in CASES}
+    assert len(CASES) == 17 and FAST <= {tuple(c.values) for c in CASES}
 
 
 @pytest.mark.parametrize("name,ndim", CASES)

@@ -1,12 +1,12 @@
-"""Parameter counts of the official TransMorph networks, and the loader on transcribed layouts.
+"""Parameter counts of the official TransMorph networks, and the loader on their layouts.
 
-The counts are the official networks' (``TransMorph.py`` and its CONFIGS). That regzoo's TransMorph
-*is* the official network rests on ``test_official_fixture.py``: a checkpoint written from the
-authors' code reproduces their field. The -bspl and -Bayes layouts (every state_dict name and
-shape) were written by the official networks (``fixtures/transmorph_layouts.json``); the -diff and
-2D layouts below are transcribed by hand from ``TransMorph_diff.py`` and ``RaFD/TransMorph2D``
-(the official -diff network builds only on CUDA). They check the loader's filtering
-(size-dependent buffers, unused official heads); no output of those variants is compared.
+The counts are the official networks' (``TransMorph.py``, ``TransMorph_diff.py`` and their
+CONFIGS, counted by building them). That regzoo's TransMorph *is* the official network rests on
+``test_official_fixture.py``: a checkpoint written from the authors' code reproduces their field.
+The -bspl, -Bayes, -diff and -diff-fullres layouts (every state_dict name and shape) were written
+by the official networks (``fixtures/transmorph_layouts.json``); the 2D layout below is transcribed
+by hand from ``RaFD/TransMorph2D``. They check the loader's filtering (size-dependent buffers,
+unused official heads); no output of those variants is compared.
 """
 
 from __future__ import annotations
@@ -23,10 +23,18 @@ from regzoo_transmorph.checkpoint import load_official_checkpoint
 
 OFFICIAL_COUNTS = {
     "transmorph": 46_771_251,
+    "transmorph-diff": 46_557_414,
+    "transmorph-diff-fullres": 46_772_550,
+    "transmorph-bspl": 46_806_307,
+    "transmorph-bayes": 46_772_983,
+    "transmorph-affine": 90_095_131,  # TransMorph_affine's TransMorphAffine at 160x192x224
     "transmorph-large": 108_343_907,
     "transmorph-small": 11_757_195,
     "transmorph-tiny": 244_527,
 }
+# Parameters the official network holds but never uses (regzoo drops them on load):
+# TransMorph-Bayes' net.reg_head (16 -> 3, 1,299) and net.sigma_head (16 -> 1, 433).
+OFFICIAL_UNUSED = {"transmorph-bayes": 1_732}
 IMG_3D = (160, 192, 224)
 
 
@@ -107,15 +115,6 @@ def official_transmorph(embed=96, depths=(2, 2, 4, 2), heads=(4, 4, 8, 8), ndim=
     return s
 
 
-def official_diff(embed=96, depths=(2, 2, 4, 2), heads=(4, 4, 8, 8)):
-    """``TransMorphDiff``: half-resolution decoder (``up3`` to 16), ``flow_mean``, ``flow_sigma``."""
-    s = _swin(embed, depths, heads, (5, 6, 7))
-    s.update(_decoder(embed, 3, 16, full=False))
-    s.update(_conv("flow_mean", 3, 16, 3, bias=True))
-    s.update(_conv("flow_sigma", 3, 16, 3, bias=True))
-    return s
-
-
 def _is_buffer(name):
     return name.endswith(("relative_position_index", "spatial_trans.grid"))
 
@@ -139,7 +138,8 @@ def _meta_model(name, **overrides):
 @pytest.mark.parametrize("name", sorted(OFFICIAL_COUNTS))
 def test_parameter_counts_equal_official(name):
     model = _meta_model(name)
-    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_COUNTS[name]
+    expected = OFFICIAL_COUNTS[name] - OFFICIAL_UNUSED.get(name, 0)
+    assert sum(p.numel() for p in model.parameters()) == expected
 
 
 def test_official_2d_state_dict_loads_into_2d_transmorph():
@@ -155,8 +155,7 @@ def test_official_2d_state_dict_loads_into_2d_transmorph():
     )
 
 
-TINY = {"embed": 6, "heads": (2, 2, 4, 4)}
-# Written by the official TransMorph-bspl and -Bayes (tools/fixtures/make_transmorph_fixture.py).
+# Written by the official TransMorph-bspl, -Bayes and -diff (tools/fixtures/make_transmorph_fixture.py).
 LAYOUTS = json.loads((Path(__file__).parent / "fixtures" / "transmorph_layouts.json").read_text())
 
 
@@ -166,15 +165,9 @@ def _official_layout(name):
     return {k: tuple(v) for k, v in entry["state_dict"].items()}, entry["network"]
 
 
-@pytest.mark.parametrize(
-    "name,layout,network",
-    [
-        ("transmorph-diff", official_diff(**TINY), {"embed_dim": 6, "num_heads": [2, 2, 4, 4]}),
-        ("transmorph-bspl", *_official_layout("transmorph-bspl")),
-        ("transmorph-bayes", *_official_layout("transmorph-bayes")),
-    ],
-)
-def test_variant_checkpoints_load(name, layout, network):
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_variant_checkpoints_load(name):
+    layout, network = _official_layout(name)
     state = _random_state(layout)
     model = regzoo.create_model(name, **network)
     load_official_checkpoint(model, state)

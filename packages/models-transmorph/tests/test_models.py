@@ -10,6 +10,7 @@ from scipy.interpolate import BSpline
 
 import regzoo
 from regzoo.errors import ConfigError, UserError
+from regzoo.spatial import affine_to_ddf
 from regzoo_transmorph.bspline import bspline_kernel_1d, bspline_to_dense
 from regzoo_transmorph.models import TransMorph
 
@@ -25,7 +26,14 @@ def _pair(*shape, batch=1, seed=0):
 
 
 @pytest.mark.parametrize(
-    "name", ["transmorph-tiny", "transmorph-diff", "transmorph-bspl", "transmorph-bayes"]
+    "name",
+    [
+        "transmorph-tiny",
+        "transmorph-diff",
+        "transmorph-diff-fullres",
+        "transmorph-bspl",
+        "transmorph-bayes",
+    ],
 )
 def test_2d_any_size(name):
     model = regzoo.create_model(name, ndim=2, **({} if name == "transmorph-tiny" else SMALL)).eval()
@@ -44,6 +52,21 @@ def test_150x170x190_registers_at_full_size():
     assert out.ddf.shape == (1, 3, 150, 170, 190)
     assert out.warped.shape == (1, 1, 150, 170, 190)
     assert torch.isfinite(out.ddf).all()
+
+
+def test_affine_registers_any_size_through_its_input_size():
+    # The network sees the pair resized to img_size; the transform, defined on normalised
+    # coordinates, is applied to the moving image at its own size.
+    model = regzoo.create_model("transmorph-affine", **SMALL, img_size=[32, 32, 64]).eval()
+    with torch.no_grad():
+        out = model(_pair(20, 21, 22, batch=2))
+    assert out.ddf.shape == (2, 3, 20, 21, 22) and out.affine.shape == (2, 3, 4)
+    torch.testing.assert_close(out.ddf, affine_to_ddf(out.affine, (20, 21, 22)))
+    assert out.extras["shear"].shape == (2, 6)
+    with pytest.raises(UserError, match="3D"):
+        model(_pair(32, 32))
+    with pytest.raises(ConfigError, match="img_size must be 3 positive multiples of 32"):
+        regzoo.create_model("transmorph-affine", **SMALL, img_size=[32, 32, 40])
 
 
 def test_mismatched_pair_is_a_user_error():
@@ -89,10 +112,12 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
 
 
-def test_diff_squares_the_head_output_without_prescaling():
-    # Official TransMorph-diff: velocity = 2**7 * head output, half-resolution displacement
-    # upsampled without rescaling. A constant head output c moves every interior voxel by 128 c.
-    model = regzoo.create_model("transmorph-diff", ndim=2, **SMALL).eval()
+@pytest.mark.parametrize("name,grid", [("transmorph-diff", 32), ("transmorph-diff-fullres", 64)])
+def test_diff_squares_the_head_output_without_prescaling(name, grid):
+    # Official TransMorph-diff: velocity = 2**7 * head output (voxels of the integration grid),
+    # the half-resolution displacement upsampled without rescaling; -fullres integrates at full
+    # resolution. A constant head output c moves every interior voxel by 128 c in both.
+    model = regzoo.create_model(name, ndim=2, **SMALL).eval()
     with torch.no_grad():
         model.flow_mean.weight.zero_()
         model.flow_mean.bias.copy_(torch.tensor([0.01, -0.02]))
@@ -100,8 +125,11 @@ def test_diff_squares_the_head_output_without_prescaling():
     torch.testing.assert_close(
         out.ddf[0, :, 28:36, 28:36].mean((1, 2)), torch.tensor([1.28, -2.56])
     )
-    assert out.velocity.shape == (1, 2, 32, 32)
-    assert set(out.extras) == {"flow_mean", "flow_log_sigma", "ddf_half"}
+    assert out.velocity.shape == (1, 2, grid, grid)
+    assert set(out.extras) == {"flow_mean", "flow_log_sigma", "ddf_integrated"}
+    assert out.extras["ddf_integrated"].shape == (1, 2, grid, grid)
+    if grid == 64:  # no upsampling: the field is the integrated one, from the full decoder
+        assert torch.equal(out.ddf, out.extras["ddf_integrated"]) and hasattr(model, "up4")
 
 
 def test_diff_samples_only_in_training():
@@ -136,6 +164,34 @@ def test_bayes_dropout_stays_on_and_sample_moments():
     assert out.uncertainty.max() > 0
     with pytest.raises(ConfigError):
         model.sample(batch, k=1)
+
+
+def test_bayes_min_mse_keeps_the_brute_force_choice_per_pair():
+    # Official protocol: of the Monte-Carlo samples keep the one whose warped image has the lowest
+    # MSE to the fixed image. Brute force: draw the same samples, take the argmin per pair.
+    model = regzoo.create_model("transmorph-bayes", ndim=2, **SMALL, bayes_select="min_mse").eval()
+    batch, k = _pair(32, 32, batch=2), 6
+    torch.manual_seed(0)
+    with torch.no_grad():
+        draws = [model(batch) for _ in range(k)]
+    mse = torch.stack([(d.warped - batch["fixed"]).pow(2).flatten(1).mean(1) for d in draws])
+    pick = mse.argmin(0)
+    assert pick[0] != pick[1]  # (seed 0) the two pairs keep different samples
+    torch.manual_seed(0)
+    out = model.sample(batch, k=k)
+    assert torch.equal(out.extras["selected_sample"], pick)
+    for b in range(2):
+        assert torch.equal(out.ddf[b], draws[pick[b]].ddf[b])
+        assert torch.equal(out.warped[b], draws[pick[b]].warped[b])
+    # The uncertainty is the spread of the same samples, whichever field is returned.
+    model.bayes_select = "mean"
+    torch.manual_seed(0)
+    mean = model.sample(batch, k=k)
+    torch.testing.assert_close(mean.ddf, torch.stack([d.ddf for d in draws]).mean(0))
+    torch.testing.assert_close(out.uncertainty, mean.uncertainty)
+    assert "selected_sample" not in mean.extras
+    with pytest.raises(ConfigError, match="bayes_select"):
+        regzoo.create_model("transmorph-bayes", ndim=2, **SMALL, bayes_select="median")
 
 
 def test_bayes_without_dropout_has_zero_uncertainty():

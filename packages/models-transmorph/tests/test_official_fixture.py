@@ -1,10 +1,14 @@
-"""A checkpoint written from the authors' TransMorph loads into regzoo's and gives the official field.
+"""Checkpoints written from the authors' TransMorph and TransMorph-affine load into regzoo's and
+give the official outputs.
 
 ``fixtures/`` was written once by ``tools/fixtures/make_transmorph_fixture.py`` with the official
 ``TransMorph`` and ``CONFIGS['TransMorph-Tiny']`` made smaller (``fixtures/transmorph.json`` records
 the sizes, the commit and the versions): ``transmorph_tiny.pth.tar`` as the authors' training
 scripts save (``{'epoch', 'state_dict', 'best_dsc', 'optimizer'}``) and ``transmorph_tiny.npz``
-with a fixed input and the official field and warped image (every second voxel per axis).
+with a fixed input and the official field and warped image (every second voxel per axis); and by
+``tools/fixtures/make_transmorph_affine_fixture.py`` with the official ``TransMorphAffine`` made
+smaller (``fixtures/transmorph_affine.json``): ``transmorph_affine.pth.tar`` and
+``transmorph_affine.npz`` with a fixed input, the official heads' outputs, matrix and warped image.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 import regzoo
 from regzoo.engine.checkpoint import load_weights
+from regzoo.spatial import affine_to_normalised
 from regzoo_transmorph.checkpoint import load_official_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,8 +36,8 @@ EVERY2 = (
 )
 
 
-def _reference() -> dict[str, torch.Tensor]:
-    with np.load(FIXTURES / "transmorph_tiny.npz") as arrays:
+def _reference(name: str = "transmorph_tiny") -> dict[str, torch.Tensor]:
+    with np.load(FIXTURES / f"{name}.npz") as arrays:
         return {key: torch.from_numpy(arrays[key]) for key in arrays.files}
 
 
@@ -67,3 +72,30 @@ def test_dataparallel_prefix_and_mismatches():
     del state["module.c2.0.weight"]
     with pytest.raises(ValueError, match=r"1 missing \(e\.g\. c2\.0\.weight\)"):
         load_official_checkpoint(_model(), state)
+
+
+AFFINE = json.loads((FIXTURES / "transmorph_affine.json").read_text())
+
+
+def test_official_affine_checkpoint_reproduces_the_official_transform():
+    ref = _reference("transmorph_affine")
+    assert ref["rotation"].abs().max() > 0.1 and (ref["warped"] - ref["x"][:, :1]).abs().max() > 0.5
+    model = regzoo.create_model("transmorph-affine", **AFFINE["network"])
+    assert list(model.transformer.layers[0].window_size) == AFFINE["window_size"]
+    assert sum(p.numel() for p in model.parameters()) == AFFINE["parameters"]
+    path = FIXTURES / "transmorph_affine.pth.tar"
+    official = torch.load(path, weights_only=True)["state_dict"]
+    names = {k for k in official if not k.endswith("relative_position_index")}
+    assert names == set(model.state_dict())  # the official names, nothing more or less
+    load_weights(model, path)  # what --weights does
+    x = ref["x"].float()
+    with torch.no_grad():
+        out = model.eval()({"moving": x[:, :1], "fixed": x[:, 1:]})
+    for key in ("rotation", "scale", "translation", "shear"):
+        torch.testing.assert_close(out.extras[key], ref[key], atol=1e-5, rtol=0, msg=key)
+    theta = affine_to_normalised(out.affine, x.shape[2:], align_corners=False)
+    torch.testing.assert_close(theta, ref["mat"], atol=1e-5, rtol=0)
+    # The official warp samples through affine_grid(align_corners=False), regzoo's through its
+    # voxel-unit field: the same positions to float32 precision (measured 6e-6 at most, at the
+    # image border, where the zero padding makes the image jump).
+    torch.testing.assert_close(out.warped, ref["warped"], atol=1e-5, rtol=0)

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 DEFAULT_PRESET = "quick"
-OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "radam", "sgd")
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "radam", "sgd", "adamax")
 SCHEDULERS: tuple[str, ...] = ("none", "poly")
 AMP_MODES: tuple[str, ...] = ("no", "bf16", "fp16")
 LABEL_WARPS: tuple[str, ...] = ("nearest", "linear")

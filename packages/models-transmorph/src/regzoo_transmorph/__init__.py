@@ -1,8 +1,8 @@
 """regzoo plugin: TransMorph and its variants (Chen et al., Medical Image Analysis 82:102615, 2022).
 
 Registers the models ``transmorph``, ``transmorph-tiny``, ``transmorph-small``,
-``transmorph-large``, ``transmorph-diff``, ``transmorph-bspl``, ``transmorph-bayes`` (2D and 3D)
-and the backbones ``swin3d`` and ``swin2d``. Each entry is a config dataclass of :mod:`regzoo_transmorph.configs` (the one source of its
+``transmorph-large``, ``transmorph-diff``, ``transmorph-diff-fullres``, ``transmorph-bspl``,
+``transmorph-bayes`` (2D and 3D), ``transmorph-affine`` (3D) and the backbones ``swin3d`` and ``swin2d``. Each entry is a config dataclass of :mod:`regzoo_transmorph.configs` (the one source of its
 defaults) and a class of :mod:`regzoo_transmorph.models` or :mod:`regzoo_transmorph.swin`, imported
 with torch when the entry is built, so importing this module is cheap.
 
@@ -15,14 +15,17 @@ from __future__ import annotations
 from regzoo import register_backbone, register_model
 
 from .configs import (
+    AFFINE_PRESETS,
     SWIN_2021,
     TRANSMORPH_2022,
     Swin2dConfig,
     Swin3dConfig,
+    TransMorphAffineConfig,
     TransMorphBayesConfig,
     TransMorphBSplineConfig,
     TransMorphConfig,
     TransMorphDiffConfig,
+    TransMorphDiffFullResConfig,
     TransMorphLargeConfig,
     TransMorphSmallConfig,
     TransMorphTinyConfig,
@@ -65,6 +68,18 @@ register_model(
     presets=presets(100, 1e-4, reg_weight=False),
 )
 register_model(
+    "transmorph-diff-fullres",
+    summary="TransMorph-diff with the full decoder and the SVF integrated at full resolution.",
+    paper=TRANSMORPH_2022,
+    tags=("2d", "3d", "swin", "diffeomorphic", "probabilistic"),
+    config=TransMorphDiffFullResConfig,
+    target=_MODELS + "TransMorphDiff",
+    # The official IXI -diff script trains this network with Adamax (no weight decay).
+    presets=presets(
+        100, 1e-4, reg_weight=False, paper_optimizer={"optimizer": "adamax", "amsgrad": False}
+    ),
+)
+register_model(
     "transmorph-bspl",
     summary="TransMorph with a cubic B-spline stationary velocity field (diffeomorphic).",
     paper=TRANSMORPH_2022,
@@ -81,6 +96,15 @@ register_model(
     config=TransMorphBayesConfig,
     target=_MODELS + "TransMorphBayes",
     presets=presets(100, 1e-4),
+)
+register_model(
+    "transmorph-affine",
+    summary="TransMorph-affine: Swin encoder + MLP heads for rotation, scaling, translation, shear.",
+    paper=TRANSMORPH_2022,
+    tags=("3d", "swin", "affine"),
+    config=TransMorphAffineConfig,
+    target="regzoo_transmorph.affine:TransMorphAffine",
+    presets=AFFINE_PRESETS,
 )
 register_backbone(
     "swin3d",

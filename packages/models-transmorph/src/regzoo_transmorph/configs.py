@@ -22,13 +22,16 @@ __all__ = [
     "TransMorphSmallConfig",
     "TransMorphLargeConfig",
     "TransMorphDiffConfig",
+    "TransMorphDiffFullResConfig",
     "TransMorphBSplineConfig",
     "TransMorphBayesConfig",
+    "TransMorphAffineConfig",
     "Swin3dConfig",
     "Swin2dConfig",
     "QUICK_DATA",
     "PAPER_STEPS",
     "presets",
+    "AFFINE_PRESETS",
 ]
 
 TRANSMORPH_2022 = Paper(
@@ -59,19 +62,18 @@ def _loss(**cfg: Any):
 
 
 @dataclass
-class _Network:
-    """Fields shared by every member: data dimensions and the Swin encoder + decoder sizes.
+class _Encoder:
+    """The Swin encoder's sizes, as the official configs name them.
 
-    ``window_size`` null: the official windows, (5, 6, 7) in 3D and (8, 8) in 2D.
+    ``window_size`` null: the official windows of the model (see :class:`_Network` and
+    :class:`TransMorphAffineConfig`).
     """
 
-    ndim: int = 3
     in_channels: int = 1
     patch_size: int = 4
     embed_dim: int = 96
     depths: list[int] = _ints(2, 2, 4, 2)
     num_heads: list[int] = _ints(4, 4, 8, 8)
-    # None: (5, 6, 7) in 3D, (8, 8) in 2D (the official IXI/OASIS and RaFD configs).
     window_size: Optional[list[int]] = None
     mlp_ratio: float = 4.0
     qkv_bias: bool = False
@@ -79,9 +81,21 @@ class _Network:
     drop_path_rate: float = 0.3
     rpe: bool = True
     patch_norm: bool = True
+    use_checkpoint: bool = False
+
+
+@dataclass
+class _Network(_Encoder):
+    """Fields shared by the deformable members: data dimensions, the Swin encoder and the decoder's
+    skips.
+
+    ``window_size`` null: the official windows, (5, 6, 7) in 3D and (8, 8) in 2D (the official
+    IXI/OASIS and RaFD configs).
+    """
+
+    ndim: int = 3
     if_transskip: bool = True
     if_convskip: bool = True
-    use_checkpoint: bool = False
 
 
 @dataclass
@@ -100,7 +114,16 @@ class _Objective:
 
 
 @dataclass
-class TransMorphConfig(_Objective, _Network):
+class _Training:
+    """How a training step runs. ``bidirectional_step``: after the update on (moving, fixed) a
+    second update on the reversed pair (fixed, moving), as the official OASIS and top-level
+    training scripts; the IXI scripts (the ``paper`` preset) take one update per step."""
+
+    bidirectional_step: bool = False
+
+
+@dataclass
+class TransMorphConfig(_Training, _Objective, _Network):
     """TransMorph: embed 96, depths (2, 2, 4, 2), heads (4, 4, 8, 8); 46,771,251 parameters."""
 
     reg_head_chan: int = 16
@@ -132,19 +155,31 @@ class TransMorphLargeConfig(TransMorphConfig):
 
 
 @dataclass
-class TransMorphDiffConfig(_Network):
+class TransMorphDiffConfig(_Training, _Network):
     """TransMorph-diff: half-resolution velocity mean and log-variance, 7 squarings; loss
-    ``MSE / image_sigma**2`` + KL to a Laplacian-like prior (Dalca et al. 2019)."""
+    ``MSE / image_sigma**2`` + KL to a Laplacian-like prior (Dalca et al. 2019); 46,557,414
+    parameters. ``downsample``: the decoder stops at half resolution, where the velocity is
+    integrated (the official config's flag; false is TransMorph-diff-fullres)."""
 
     reg_head_chan: int = 16
     int_steps: int = 7
     image_sigma: float = 0.01
     prior_lambda: float = 10.0
     prior_lambda_mean: float = 10.0
+    downsample: bool = True
 
 
 @dataclass
-class TransMorphBSplineConfig(_Objective, _Network):
+class TransMorphDiffFullResConfig(TransMorphDiffConfig):
+    """TransMorph-diff-fullres (official ``TransMorphDiff-Org-Res``, the network of the official
+    IXI -diff training script): the full decoder (``up4``, ``c2``) and a velocity integrated at
+    full resolution; 46,772,550 parameters."""
+
+    downsample: bool = False
+
+
+@dataclass
+class TransMorphBSplineConfig(_Training, _Objective, _Network):
     """TransMorph-bspl: cubic B-spline velocity on control points every ``cps`` voxels
     (``cps`` null: 3 voxels on every axis), two 3x3 convolutions of ``resize_channels`` after
     resizing, 7 squarings; Grad-l2 on the velocity."""
@@ -157,9 +192,24 @@ class TransMorphBSplineConfig(_Objective, _Network):
 @dataclass
 class TransMorphBayesConfig(TransMorphConfig):
     """TransMorph-Bayes: TransMorph with Monte-Carlo dropout (0.15) in the Swin blocks and on the
-    convolutional skips, active at inference."""
+    convolutional skips, active at inference. ``bayes_select``: the field that ``sample`` returns,
+    ``mean`` (the Monte-Carlo mean) or ``min_mse`` (the sample whose warped image is closest to
+    the fixed one in MSE, the official evaluation scripts' choice)."""
 
     mc_drop: float = 0.15
+    bayes_select: str = "mean"
+
+
+@dataclass
+class TransMorphAffineConfig(_Encoder):
+    """TransMorph-affine (the official ``TransMorph_affine``): the Swin encoder of TransMorph on
+    inputs resized to ``img_size``, then four MLP heads (rotation, scaling, translation, shear) of
+    a 3D affine transform; 90,095,131 parameters. Objective: MSE (official). ``window_size``
+    null: the encoder's last feature grid, ``img_size`` / 32 per axis ((5, 6, 7), as the official
+    training script sets it)."""
+
+    img_size: list[int] = _ints(160, 192, 224)
+    similarity: dict[str, Any] = _loss(name="mse")
 
 
 @dataclass
@@ -195,16 +245,27 @@ class Swin2dConfig(Swin3dConfig):
 
 # Run presets. "quick" (the default) is a CPU run of minutes on the embedded synthetic 3D pairs
 # at 64^3 (velocity fields of up to 10 voxels std): no stochastic depth and Grad weight 0.1, which
-# learn faster in a few hundred steps; "paper" is the official schedule: Adam with AMSGrad,
-# lr 1e-4, polynomial decay (power 0.9), 500 epochs at batch size 1, the official loss weights
-# (the builders' defaults); "test" sizes the network for regzoo.testing's conformance suite.
+# learn faster in a few hundred steps; "paper" is the official schedule: Adam with AMSGrad
+# (Adamax for -diff-fullres, as the official IXI -diff script), lr 1e-4, polynomial decay (power
+# 0.9), 500 epochs at batch size 1, the official loss weights (the builders' defaults); "test"
+# sizes the network for regzoo.testing's conformance suite.
 QUICK_DATA: dict[str, Any] = {"name": "synth", "ndim": 3, "size": [64, 64, 64], "deform_std": 10.0}
 
 
 def presets(
-    quick_steps: int, quick_lr: float, reg_weight: bool = True
+    quick_steps: int,
+    quick_lr: float,
+    reg_weight: bool = True,
+    paper_optimizer: Optional[dict[str, Any]] = None,
 ) -> dict[str, dict[str, Any]]:
-    """The run presets of one model (``reg_weight``: whether its objective has that weight)."""
+    """The run presets of one model.
+
+    Args:
+        quick_steps, quick_lr: steps and learning rate of the ``quick`` preset.
+        reg_weight: whether the model's objective has a ``reg_weight``.
+        paper_optimizer: ``train`` settings of the official script that differ from Adam with
+            AMSGrad (TransMorph-diff-fullres: Adamax).
+    """
     quick_model: dict[str, Any] = {"drop_path_rate": 0.0}
     if reg_weight:
         quick_model["reg_weight"] = 0.1
@@ -224,7 +285,42 @@ def presets(
                 "scheduler": "poly",
                 "poly_power": 0.9,
                 "batch_size": 1,
+                **(paper_optimizer or {}),
             },
         },
         "test": {"model": {"embed_dim": 6, "num_heads": [2, 2, 4, 4]}},
     }
+
+
+# TransMorph-affine. quick: synthetic 3D pairs at 64^3 related by a random affine, the network's
+# input size 64^3 (windows (2, 2, 2)), no stochastic depth. paper: the official affine script,
+# AdamW at lr 1e-4 with PyTorch's default weight decay 0.01, no schedule, 500 epochs at batch
+# size 1 (of the IXI training set, as the other IXI scripts), MSE.
+AFFINE_PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "data": {**QUICK_DATA, "deformation": "affine"},
+        "model": {"img_size": [64, 64, 64], "drop_path_rate": 0.0},
+        "train": {
+            "steps": 100,
+            "lr": 1e-4,
+            "optimizer": "adamw",
+            "weight_decay": 0.01,
+            "batch_size": 1,
+        },
+    },
+    "paper": {
+        "data": {"name": "synth", "ndim": 3, "size": [160, 192, 224], "deformation": "affine"},
+        "train": {
+            "steps": PAPER_STEPS,
+            "lr": 1e-4,
+            "optimizer": "adamw",
+            "weight_decay": 0.01,
+            "scheduler": "none",
+            "batch_size": 1,
+        },
+    },
+    "test": {
+        "size": {"3d": [16, 16, 16]},
+        "model": {"embed_dim": 6, "num_heads": [2, 2, 4, 4], "img_size": [32, 32, 64]},
+    },
+}

@@ -5,8 +5,8 @@ registration", Medical Image Analysis 82:102615, 2022 (doi 10.1016/j.media.2022.
 
 Each class keeps the official network's module names, so the authors' checkpoints load with
 :meth:`load_weights` (``regzoo ... --weights FILE``). The variants are different networks, as in the
-official code: -diff and -bspl stop the decoder at half resolution and put their own heads on it,
--Bayes wraps the network as ``net`` and adds Monte-Carlo dropout. Inputs of any size are padded at
+official code: -diff and -bspl stop the decoder at half resolution and put their own heads on it
+(-diff-fullres keeps the full decoder and integrates its velocity there), -Bayes wraps the network as ``net`` and adds Monte-Carlo dropout. Inputs of any size are padded at
 the end of each axis to a multiple of 32 (patch 4, three patch mergings) and the outputs cropped
 back; at sizes that are multiples of 32 (160x192x224) the computation is the official one.
 """
@@ -22,7 +22,13 @@ from torch import nn
 
 from regzoo.errors import ConfigError, UserError
 from regzoo.losses import degree_map
-from regzoo.models import Batch, RegistrationLoss, RegistrationModel, RegistrationOutput
+from regzoo.models import (
+    Batch,
+    Optimizers,
+    RegistrationLoss,
+    RegistrationModel,
+    RegistrationOutput,
+)
 from regzoo.nn import conv_nd, interpolation_mode
 from regzoo.spatial import control_grid_shape, integrate_velocity, warp
 
@@ -42,7 +48,18 @@ from .network import (
     registration_head,
 )
 
-__all__ = ["TransMorph", "TransMorphDiff", "TransMorphBSpline", "TransMorphBayes"]
+__all__ = [
+    "TransMorph",
+    "TransMorphDiff",
+    "TransMorphBSpline",
+    "TransMorphBayes",
+    "BAYES_SELECTIONS",
+    "reversed_pair",
+]
+
+#: What :meth:`TransMorphBayes.sample` returns as the field: the Monte-Carlo mean, or the sample
+#: whose warped image has the lowest MSE to the fixed image (the official evaluation scripts).
+BAYES_SELECTIONS = ("mean", "min_mse")
 
 # The registered entries' configs are the one source of the classes' defaults.
 _DEFAULTS = TransMorphConfig()
@@ -51,11 +68,44 @@ _BSPLINE = TransMorphBSplineConfig()
 _BAYES = TransMorphBayesConfig()
 
 
+def reversed_pair(batch: Batch) -> dict[str, Any]:
+    """``batch`` with the moving and fixed sides exchanged: ``moving`` <-> ``fixed`` and every
+    ``moving_*`` <-> ``fixed_*`` (labels, masks, landmarks); other keys (``spacing``) as they are."""
+    out = {}
+    for key, value in batch.items():
+        for side, other in (("moving", "fixed"), ("fixed", "moving")):
+            if key == side or key.startswith(side + "_"):
+                key = other + key[len(side) :]
+                break
+        out[key] = value
+    return out
+
+
 class _TransMorphModel(RegistrationModel):
-    """What the family shares: the input pair, padding, the output, official checkpoints."""
+    """What the family shares: the input pair, padding, the output, official checkpoints, the
+    training step."""
 
     #: State-dict prefixes of parameters the official network holds but never uses.
     unused_official_keys: tuple[str, ...] = ()
+    #: A second update on the reversed pair in every training step (set from the config).
+    bidirectional_step: bool = False
+
+    def training_step(self, batch: Batch, optim: Optimizers, step: int) -> dict[str, torch.Tensor]:
+        """One update on (moving, fixed); with :attr:`bidirectional_step` then a second one on
+        (fixed, moving), labels exchanged too, as the official OASIS and top-level training
+        scripts do. Both updates take the step's learning rate (the schedule advances once).
+
+        Returns:
+            The loss terms; with two updates, each term's mean over both.
+        """
+        if not self.bidirectional_step:
+            return super().training_step(batch, optim, step)
+        updates = []
+        for pair, last in ((batch, False), (reversed_pair(batch), True)):
+            terms = self.loss(pair, self(pair))
+            optim.step(terms["loss"], schedule=last)
+            updates.append(terms)
+        return {k: (updates[0][k].detach() + updates[1][k].detach()) / 2 for k in updates[0]}
 
     def load_weights(self, state: Mapping[str, Any]) -> None:
         """Load an official TransMorph state dict (or a regzoo one); see :mod:`.checkpoint`.
@@ -66,15 +116,21 @@ class _TransMorphModel(RegistrationModel):
         """
         load_official_checkpoint(self, state)
 
-    def _pair(self, batch: Batch) -> tuple[torch.Tensor, tuple[int, ...]]:
+    def _concat(self, batch: Batch) -> torch.Tensor:
+        """The network input: moving and fixed images concatenated, ``(B, 2C, *S)``."""
         moving, fixed = batch["moving"], batch["fixed"]
         if moving.dim() != self.ndim + 2 or moving.shape != fixed.shape:
             raise UserError(
                 f"{type(self).__name__} ({self.ndim}D) needs moving and fixed images of one size "
                 f"(B, C, *{self.ndim} axes), got {tuple(moving.shape)} and {tuple(fixed.shape)}"
             )
-        x = torch.cat([moving, fixed], dim=1)
-        return pad_to_multiple(x, self.size_multiple), tuple(moving.shape[2:])
+        return torch.cat([moving, fixed], dim=1)
+
+    def _pair(self, batch: Batch) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The input pair padded to :attr:`size_multiple`, and the spatial size to crop back to."""
+        return pad_to_multiple(self._concat(batch), self.size_multiple), tuple(
+            batch["moving"].shape[2:]
+        )
 
     def _output(self, batch: Batch, ddf: torch.Tensor, **fields: Any) -> RegistrationOutput:
         out = RegistrationOutput(warped=warp(batch["moving"], ddf), ddf=ddf, **fields)
@@ -101,6 +157,8 @@ class TransMorph(TransMorphTrunk, _TransMorphModel):
         in_channels: channels of each of the moving and fixed images (concatenated in the net).
         similarity, regularizer, segmentation: registry loss configs.
         reg_weight, seg_weight: their weights.
+        bidirectional_step: a second update on the reversed pair in every training step
+            (:meth:`training_step`; official OASIS and top-level scripts).
         **network: sizes of :class:`~regzoo_transmorph.network.TransMorphTrunk` (``embed_dim``,
             ``depths``, ``num_heads``, ``window_size``, ``use_checkpoint``, ...).
     """
@@ -114,9 +172,11 @@ class TransMorph(TransMorphTrunk, _TransMorphModel):
         reg_weight: float = _DEFAULTS.reg_weight,
         segmentation: Mapping[str, Any] = _DEFAULTS.segmentation,
         seg_weight: float = _DEFAULTS.seg_weight,
+        bidirectional_step: bool = _DEFAULTS.bidirectional_step,
         **network: Any,
     ) -> None:
         super().__init__(ndim=ndim, in_channels=2 * in_channels, full_resolution=True, **network)
+        self.bidirectional_step = bidirectional_step
         self.reg_head = registration_head(ndim, self.out_channels)
         self.criterion = RegistrationLoss(
             similarity, regularizer, reg_weight, segmentation, seg_weight, field="ddf"
@@ -131,17 +191,20 @@ class TransMorph(TransMorphTrunk, _TransMorphModel):
 class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
     """TransMorph-diff: probabilistic diffeomorphic TransMorph (Dalca et al. 2019's model).
 
-    The decoder stops at half resolution (``up3`` with ``reg_head_chan`` channels); two 3x3 heads
-    give the mean ``mu`` and log-variance ``log_sigma`` of a stationary velocity. Training samples
-    ``mu + exp(log_sigma / 2) * eps``, inference uses ``mu``. As in the official code the sample is
-    squared ``int_steps`` times without dividing by ``2**int_steps`` first (the velocity is
-    ``2**int_steps * mu``) and the half-resolution displacement is upsampled x2 without rescaling
-    its values, so released weights give the released fields.
+    With ``downsample`` (``transmorph-diff``) the decoder stops at half resolution (``up3`` with
+    ``reg_head_chan`` channels), without it (``transmorph-diff-fullres``, the official
+    ``TransMorphDiff-Org-Res``) it runs the full decoder (``up4``, ``c2``) to full resolution;
+    two 3x3 heads give the mean ``mu`` and log-variance ``log_sigma`` of a stationary velocity on
+    that grid. Training samples ``mu + exp(log_sigma / 2) * eps``, inference uses ``mu``. As in
+    the official code the sample is squared ``int_steps`` times without dividing by
+    ``2**int_steps`` first (the velocity is ``2**int_steps * mu``, in voxels of the integration
+    grid), and with ``downsample`` the half-resolution displacement is upsampled x2 without
+    rescaling its values, so released weights give the released fields.
 
     Loss (official): ``MSE(warped, fixed) / image_sigma**2 + ndim / 2 * (mean(prior_lambda * D *
     exp(log_sigma) - log_sigma) + prior_lambda_mean * P)``, ``D`` the number of face neighbours
-    of each voxel, ``P = mean(sum_i (d u_i / d x_i)**2) / 2`` on the integrated half-resolution
-    displacement ``u`` (one-sided differences at the border).
+    of each voxel, ``P = mean(sum_i (d u_i / d x_i)**2) / 2`` on the integrated displacement
+    ``u`` on the integration grid (one-sided differences at the border).
 
     Args:
         ndim, in_channels: as :class:`TransMorph`.
@@ -150,6 +213,8 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         image_sigma: noise of the image likelihood (0.01).
         prior_lambda: weight of the variance terms (10).
         prior_lambda_mean: weight of the smoothness term (10).
+        downsample: integrate at half resolution (``True``) or at full resolution.
+        bidirectional_step: as :class:`TransMorph`.
         **network: encoder/decoder sizes of :class:`TransMorphTrunk`.
     """
 
@@ -162,14 +227,16 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         image_sigma: float = _DIFF.image_sigma,
         prior_lambda: float = _DIFF.prior_lambda,
         prior_lambda_mean: float = _DIFF.prior_lambda_mean,
+        downsample: bool = _DIFF.downsample,
+        bidirectional_step: bool = _DIFF.bidirectional_step,
         **network: Any,
     ) -> None:
         super().__init__(
             ndim=ndim,
             in_channels=2 * in_channels,
             reg_head_chan=reg_head_chan,
-            up3_channels=reg_head_chan,
-            full_resolution=False,
+            up3_channels=reg_head_chan if downsample else None,
+            full_resolution=not downsample,
             **network,
         )
         conv = conv_nd(ndim)
@@ -179,6 +246,8 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         nn.init.normal_(self.flow_mean.weight, 0.0, 1e-5)
         nn.init.normal_(self.flow_sigma.weight, 0.0, 1e-10)
         nn.init.constant_(self.flow_sigma.bias, -10.0)
+        self.downsample = downsample
+        self.bidirectional_step = bidirectional_step
         self.int_steps = int_steps
         self.image_sigma = image_sigma
         self.prior_lambda = prior_lambda
@@ -190,25 +259,28 @@ class TransMorphDiff(TransMorphTrunk, _TransMorphModel):
         mean, log_sigma = self.flow_mean(feats), self.flow_sigma(feats)
         flow = mean + torch.exp(0.5 * log_sigma) * torch.randn_like(mean) if self.training else mean
         velocity = flow * 2**self.int_steps
-        half = integrate_velocity(velocity, self.int_steps)
-        ddf = F.interpolate(
-            half, scale_factor=2, mode=interpolation_mode(self.ndim), align_corners=False
-        )
-        half_shape = [(s + 1) // 2 for s in shape]
+        integrated = integrate_velocity(velocity, self.int_steps)
+        ddf = integrated
+        grid_shape = shape
+        if self.downsample:
+            ddf = F.interpolate(
+                integrated, scale_factor=2, mode=interpolation_mode(self.ndim), align_corners=False
+            )
+            grid_shape = [(s + 1) // 2 for s in shape]
         return self._output(
             batch,
             crop_to(ddf, shape),
-            velocity=crop_to(velocity, half_shape),
+            velocity=crop_to(velocity, grid_shape),
             extras={
-                "flow_mean": crop_to(mean, half_shape),
-                "flow_log_sigma": crop_to(log_sigma, half_shape),
-                "ddf_half": crop_to(half, half_shape),
+                "flow_mean": crop_to(mean, grid_shape),
+                "flow_log_sigma": crop_to(log_sigma, grid_shape),
+                "ddf_integrated": crop_to(integrated, grid_shape),
             },
         )
 
     def loss(self, batch: Batch, out: RegistrationOutput) -> dict[str, torch.Tensor]:
         recon = torch.mean((batch["fixed"] - out.warped) ** 2) / self.image_sigma**2
-        log_sigma, u = out.extras["flow_log_sigma"], out.extras["ddf_half"]
+        log_sigma, u = out.extras["flow_log_sigma"], out.extras["ddf_integrated"]
         degree = degree_map(tuple(log_sigma.shape[2:]), log_sigma.device, log_sigma.dtype)
         sigma_term = torch.mean(self.prior_lambda * degree * torch.exp(log_sigma) - log_sigma)
         divergence_sq = sum(torch.gradient(u[:, i], dim=i + 1)[0] ** 2 for i in range(self.ndim))
@@ -236,6 +308,7 @@ class TransMorphBSpline(TransMorphTrunk, _TransMorphModel):
         cps: control-point spacing per axis in voxels (``None``: 3 per axis).
         resize_channels: widths of the convolutions after resizing ((32, 32)).
         int_steps: squarings (7).
+        bidirectional_step: as :class:`TransMorph`.
         **network: encoder/decoder sizes of :class:`TransMorphTrunk`.
     """
 
@@ -251,9 +324,11 @@ class TransMorphBSpline(TransMorphTrunk, _TransMorphModel):
         reg_weight: float = _BSPLINE.reg_weight,
         segmentation: Mapping[str, Any] = _BSPLINE.segmentation,
         seg_weight: float = _BSPLINE.seg_weight,
+        bidirectional_step: bool = _BSPLINE.bidirectional_step,
         **network: Any,
     ) -> None:
         super().__init__(ndim=ndim, in_channels=2 * in_channels, full_resolution=False, **network)
+        self.bidirectional_step = bidirectional_step
         self.cps = tuple(int(c) for c in (cps or (3,) * ndim))
         if len(self.cps) != ndim or min(self.cps) < 1:
             raise ConfigError(f"cps needs {ndim} positive spacings, got {list(self.cps)}")
@@ -299,7 +374,9 @@ class TransMorphBayes(_TransMorphModel):
 
     Dropout at ``mc_drop`` (0.15) on attention weights, attention projections and MLPs of every
     Swin block and channel dropout on both convolutional skips; it stays active at inference, so
-    each forward pass is one sample of the field. :meth:`sample` draws ``k`` of them. Layout as
+    each forward pass is one sample of the field. :meth:`sample` draws ``k`` of them and returns
+    their mean (``bayes_select="mean"``, the default) or, as the official evaluation scripts do,
+    the one whose warped image has the lowest MSE to the fixed image (``"min_mse"``). Layout as
     official: the network is ``net`` and the head ``reg_head`` beside it; the official ``net``
     also holds a ``reg_head`` and a ``sigma_head`` its forward pass never uses, which are dropped
     from checkpoints on load (:attr:`unused_official_keys`).
@@ -308,6 +385,8 @@ class TransMorphBayes(_TransMorphModel):
         ndim, in_channels, similarity, regularizer, reg_weight, segmentation, seg_weight: as
             :class:`TransMorph`.
         mc_drop: Monte-Carlo dropout rate.
+        bayes_select: the field :meth:`sample` returns, one of :data:`BAYES_SELECTIONS`.
+        bidirectional_step: as :class:`TransMorph`.
         **network: encoder/decoder sizes of :class:`TransMorphTrunk`.
     """
 
@@ -318,14 +397,22 @@ class TransMorphBayes(_TransMorphModel):
         ndim: int = _BAYES.ndim,
         in_channels: int = _BAYES.in_channels,
         mc_drop: float = _BAYES.mc_drop,
+        bayes_select: str = _BAYES.bayes_select,
         similarity: Mapping[str, Any] = _BAYES.similarity,
         regularizer: Mapping[str, Any] = _BAYES.regularizer,
         reg_weight: float = _BAYES.reg_weight,
         segmentation: Mapping[str, Any] = _BAYES.segmentation,
         seg_weight: float = _BAYES.seg_weight,
+        bidirectional_step: bool = _BAYES.bidirectional_step,
         **network: Any,
     ) -> None:
         super().__init__()
+        if bayes_select not in BAYES_SELECTIONS:
+            raise ConfigError(
+                f"bayes_select must be one of {', '.join(BAYES_SELECTIONS)}, got {bayes_select!r}"
+            )
+        self.bayes_select = bayes_select
+        self.bidirectional_step = bidirectional_step
         self.ndim = ndim
         self.net = TransMorphTrunk(
             ndim=ndim, in_channels=2 * in_channels, full_resolution=True, mc_drop=mc_drop, **network
@@ -348,35 +435,51 @@ class TransMorphBayes(_TransMorphModel):
 
     @torch.no_grad()
     def sample(self, batch: Batch, k: int = 25) -> RegistrationOutput:
-        """Mean field and uncertainty over ``k`` Monte-Carlo samples (official: 25).
+        """The field and its uncertainty from ``k`` Monte-Carlo samples (official: 25).
 
         Used by ``regzoo register --samples K``. Runs without gradients and keeps two running
-        moments (Welford), not the ``k`` fields.
+        moments (Welford) and, for ``min_mse``, the best sample so far, not the ``k`` fields.
 
         Returns:
-            ``ddf``: mean displacement ``(B, ndim, *S)``; ``warped``: moving image warped by it;
-            ``uncertainty``: per-voxel variance of the displacement summed over its components
-            (expected squared distance from the mean, voxels^2), ``(B, 1, *S)``;
-            ``extras["appearance_uncertainty"]``: per-voxel variance of the warped images
-            (the official "epistemic" map), ``(B, C, *S)``. Variances are unbiased.
+            ``ddf`` ``(B, ndim, *S)``: with ``bayes_select="mean"`` the mean displacement; with
+            ``"min_mse"`` per pair the sample whose warped image has the lowest mean squared
+            difference to the fixed image (the first such sample on ties), its index in
+            ``extras["selected_sample"]`` ``(B,)``; ``warped``: the moving image warped by
+            ``ddf``; ``uncertainty``: per-voxel variance of the displacement over the samples,
+            summed over its components (expected squared distance from the mean, voxels^2),
+            ``(B, 1, *S)``; ``extras["appearance_uncertainty"]``: per-voxel variance of the
+            warped images (the official "epistemic" map), ``(B, C, *S)``. Variances are unbiased.
         """
         if k < 2:
             raise ConfigError(f"an uncertainty map needs at least 2 Monte-Carlo samples, got {k}")
-        ddf_mean = ddf_m2 = img_mean = img_m2 = None
+        ddf_mean = ddf_m2 = img_mean = img_m2 = best = None
         for i in range(1, k + 1):
             out = self(batch)
+            mse = (out.warped - batch["fixed"]).pow(2).flatten(1).mean(1)
             if ddf_mean is None:
                 ddf_mean, img_mean = out.ddf.clone(), out.warped.clone()
                 ddf_m2, img_m2 = torch.zeros_like(out.ddf), torch.zeros_like(out.warped)
+                best = {"mse": mse, "ddf": out.ddf, "warped": out.warped}
+                best["index"] = torch.zeros_like(mse, dtype=torch.long)
                 continue
             for value, mean, m2 in ((out.ddf, ddf_mean, ddf_m2), (out.warped, img_mean, img_m2)):
                 delta = value - mean
                 mean += delta / i
                 m2 += delta * (value - mean)
-        uncertainty = (ddf_m2 / (k - 1)).sum(dim=1, keepdim=True)
+            better = mse < best["mse"]
+            best["index"] = torch.where(better, i - 1, best["index"])
+            for key, value in (("mse", mse), ("ddf", out.ddf), ("warped", out.warped)):
+                where = better.view(-1, *[1] * (value.dim() - 1))
+                best[key] = torch.where(where, value, best[key])
+        extras = {"appearance_uncertainty": img_m2 / (k - 1)}
+        if self.bayes_select == "min_mse":
+            ddf, warped = best["ddf"], best["warped"]
+            extras["selected_sample"] = best["index"]
+        else:
+            ddf, warped = ddf_mean, warp(batch["moving"], ddf_mean)
         return RegistrationOutput(
-            warped=warp(batch["moving"], ddf_mean),
-            ddf=ddf_mean,
-            uncertainty=uncertainty,
-            extras={"appearance_uncertainty": img_m2 / (k - 1)},
+            warped=warped,
+            ddf=ddf,
+            uncertainty=(ddf_m2 / (k - 1)).sum(dim=1, keepdim=True),
+            extras=extras,
         )

@@ -16,8 +16,12 @@ a single weight:
   index found in a checkpoint is dropped on load);
 - the shifted-window mask is computed once per padded feature size and cached;
 - attention runs through ``F.scaled_dot_product_attention`` (same formula, less memory);
-- every axis is padded to whole windows (the official block crops only when the first two axes
-  were padded) and odd sizes are padded before patch merging.
+- every axis is padded to whole windows and cropped back, as the official 3D TransMorph block
+  (``TransMorph.py``, also used by -diff and -bspl) and the 2D blocks do; the official 3D
+  TransMorph-Bayes and TransMorph-affine blocks crop only when one of the first two axes was
+  padded, so a map padded along the third axis alone makes them fail (the token count no longer
+  matches), where regzoo crops;
+- odd sizes are padded before patch merging (the official patch merging requires even sizes).
 """
 
 from __future__ import annotations

@@ -48,8 +48,17 @@ class Optimizers:
     def __iter__(self) -> Iterator[str]:
         return iter(self.optimizers)
 
-    def step(self, loss: torch.Tensor, name: str = "model") -> None:
-        """Back-propagate ``loss`` and update the parameters of optimiser ``name``."""
+    def step(self, loss: torch.Tensor, name: str = "model", schedule: bool = True) -> None:
+        """Back-propagate ``loss`` and update the parameters of optimiser ``name``.
+
+        Args:
+            loss: scalar to minimise.
+            name: the parameter group (:meth:`RegistrationModel.parameter_groups`).
+            schedule: step ``name``'s learning-rate schedule after the update. Schedules count
+                training steps: a step that updates one group several times (a second update on
+                the reversed pair) passes ``False`` for all but its last update of that group, so
+                that its updates share one learning rate and the schedule ends with ``train.steps``.
+        """
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.detach().float().item()}) in the {name!r} update; "
@@ -70,7 +79,7 @@ class Optimizers:
             self.scaler.update()
         else:
             opt.step()
-        if name in self.schedulers:
+        if schedule and name in self.schedulers:
             self.schedulers[name].step()
 
     def state_dict(self) -> dict[str, Any]:

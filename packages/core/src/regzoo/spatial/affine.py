@@ -35,29 +35,37 @@ def affine_to_ddf(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return ddf.view(theta.shape[0], ndim, *shape)
 
 
-def _scale(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([2.0 / max(s - 1, 1) for s in shape], device=like.device, dtype=like.dtype)
+def _scale(shape: Sequence[int], like: torch.Tensor, align_corners: bool) -> torch.Tensor:
+    scales = [2.0 / (max(s - 1, 1) if align_corners else s) for s in shape]
+    return torch.tensor(scales, device=like.device, dtype=like.dtype)
 
 
-def affine_to_normalised(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """The same transform as a ``torch.nn.functional.affine_grid`` matrix (``align_corners=True``).
+def affine_to_normalised(
+    theta: torch.Tensor, shape: Sequence[int], align_corners: bool = True
+) -> torch.Tensor:
+    """The same transform as a ``torch.nn.functional.affine_grid`` matrix.
 
     ``affine_grid`` maps output to input coordinates in ``[-1, 1]`` with axes in (x, y, z) =
-    reversed order; with ``n = S x`` (``S = 2 / (size - 1)``), ``A_n = S A S^-1`` and ``b_n = S b``.
+    reversed order; with ``n = S x``, ``A_n = S A S^-1`` and ``b_n = S b``. ``S = 2 / (size - 1)``
+    for ``align_corners=True`` (``-1`` and ``1`` are the centres of the corner voxels) and
+    ``S = 2 / size`` for ``align_corners=False`` (they are the outer edges of the corner voxels);
+    use the ``align_corners`` that ``affine_grid`` and ``grid_sample`` are called with.
     """
     ndim = theta.shape[1]
-    s = _scale(shape, theta)
+    s = _scale(shape, theta, align_corners)
     a = theta[:, :, :ndim] * s.view(1, -1, 1) / s.view(1, 1, -1)
     b = theta[:, :, ndim:] * s.view(1, -1, 1)
     out = torch.cat([a, b], dim=2)
     return out.flip(1)[:, :, list(range(ndim))[::-1] + [ndim]]
 
 
-def affine_from_normalised(theta_n: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Inverse of :func:`affine_to_normalised`."""
+def affine_from_normalised(
+    theta_n: torch.Tensor, shape: Sequence[int], align_corners: bool = True
+) -> torch.Tensor:
+    """Inverse of :func:`affine_to_normalised` (with the same ``align_corners``)."""
     ndim = theta_n.shape[1]
     t = theta_n.flip(1)[:, :, list(range(ndim))[::-1] + [ndim]]
-    s = _scale(shape, theta_n)
+    s = _scale(shape, theta_n, align_corners)
     a = t[:, :, :ndim] / s.view(1, -1, 1) * s.view(1, 1, -1)
     b = t[:, :, ndim:] / s.view(1, -1, 1)
     return torch.cat([a, b], dim=2)

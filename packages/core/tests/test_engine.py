@@ -136,6 +136,25 @@ def test_adamax_is_built_from_the_config_and_trains(tmp_path):
     assert torch.allclose(shift, torch.full((2,), float(SHIFT)), atol=0.2)
 
 
+def test_every_listed_optimizer_is_built_with_its_settings():
+    from regzoo.config import OPTIMIZERS
+    from regzoo.engine.optim import make_optimizer
+
+    expected = {
+        "adam": "Adam",
+        "adamw": "AdamW",
+        "radam": "RAdam",
+        "sgd": "SGD",
+        "adamax": "Adamax",
+    }
+    assert set(OPTIMIZERS) == set(expected)
+    for name in OPTIMIZERS:
+        opt = make_optimizer([nn.Parameter(torch.ones(1))], name, lr=0.5, weight_decay=0.25)
+        assert type(opt).__name__ == expected[name]
+        assert (opt.defaults["lr"], opt.defaults["weight_decay"]) == (0.5, 0.25)
+    assert make_optimizer([nn.Parameter(torch.ones(1))], "adam", amsgrad=True).defaults["amsgrad"]
+
+
 def test_updates_without_schedule_share_the_step_learning_rate():
     p = nn.Parameter(torch.ones(1))
     opt = torch.optim.SGD([p], lr=1.0)

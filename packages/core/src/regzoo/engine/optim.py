@@ -6,6 +6,9 @@ from collections.abc import Iterable
 
 import torch
 
+from ..config import OPTIMIZERS
+from ..errors import ConfigError
+
 __all__ = ["make_optimizer"]
 
 
@@ -22,14 +25,14 @@ def make_optimizer(
     (Kingma & Ba, ICLR 2015).
     """
     params = [p for p in params if p.requires_grad]
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, amsgrad=amsgrad)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, amsgrad=amsgrad)
-    if name == "radam":
-        return torch.optim.RAdam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    if name == "adamax":
-        return torch.optim.Adamax(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r} (adam, adamw, radam, sgd, adamax)")
+    adaptive = {"lr": lr, "weight_decay": weight_decay}
+    factories = {
+        "adam": lambda: torch.optim.Adam(params, amsgrad=amsgrad, **adaptive),
+        "adamw": lambda: torch.optim.AdamW(params, amsgrad=amsgrad, **adaptive),
+        "radam": lambda: torch.optim.RAdam(params, **adaptive),
+        "sgd": lambda: torch.optim.SGD(params, momentum=0.9, **adaptive),
+        "adamax": lambda: torch.optim.Adamax(params, **adaptive),
+    }
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    return factories[name]()

@@ -19,7 +19,7 @@ from regzoo.engine.optim import make_optimizer
 from regzoo.engine.trainer import train
 from regzoo.labels import one_hot
 from regzoo.models import Optimizers
-from regzoo.spatial import jacobian_determinant, warp
+from regzoo.spatial import integrate_velocity, jacobian_determinant, resize_field, warp
 from regzoo.testing import check_model, parametrize_models, tiny_batch
 
 # Official VxmDense parameter counts (flow head included): the paper gives 327,331 for the 3D
@@ -149,6 +149,31 @@ def test_svf_by_config_is_diffeomorphic_and_regularises_the_velocity():
     assert torch.allclose(terms["regularizer"], grad(out.velocity))
     raw = dense(batch)
     assert torch.allclose(dense.loss(batch, raw)["regularizer"], grad(raw.ddf))
+
+
+@pytest.mark.parametrize("shape", [(32, 40), (37, 45), (10, 12, 8), (9, 8, 11)])
+def test_svf_resize_is_the_official_resize_transform(shape):
+    """The velocity is the network output resized as the official ``ResizeTransform`` (values
+    times exactly 0.5, ``align_corners=True``), the field the integral resized by exactly 2; at
+    odd sizes, where the official field comes back one voxel short, regzoo's has the image size.
+
+    The reference is voxelmorph 0.3's ``ResizeDisplacementField``, 0.2's ``ResizeTransform``
+    under its new name (``F.interpolate(field * f, scale_factor=f, align_corners=True)``).
+    """
+    official = pytest.importorskip("voxelmorph.nn.modules").ResizeDisplacementField
+    g = torch.Generator().manual_seed(0)
+    field = 3.0 * torch.randn(2, len(shape), *shape, generator=g)
+    for factor in (0.5, 2.0):
+        torch.testing.assert_close(
+            resize_field(field, factor=factor), official(factor)(field), atol=0, rtol=0
+        )
+    svf = regzoo.create_model("voxelmorph", ndim=len(shape), transformer="svf").transformer
+    fields = svf(field, shape)
+    torch.testing.assert_close(fields["velocity"], official(0.5)(field), atol=0, rtol=0)
+    assert fields["ddf"].shape == field.shape
+    if all(s % 2 == 0 for s in shape):
+        integral = integrate_velocity(fields["velocity"], 7)
+        torch.testing.assert_close(fields["ddf"], official(2.0)(integral), atol=0, rtol=0)
 
 
 def test_warped_labels_and_the_auxiliary_dice_loss():

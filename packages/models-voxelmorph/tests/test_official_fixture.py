@@ -175,3 +175,16 @@ def test_cli_loads_the_official_svf_file_with_the_suggested_override(capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "dice" in captured.out
+
+
+def test_official_bidir_option_builds_or_names_the_override():
+    """An official file saved with ``bidir=True`` (same weights) builds a bidirectional model; a
+    model without the option refuses it in one line naming ``model.bidir=true``."""
+    content = torch.load(FIXTURES / "vxm_svf_2d.pt", weights_only=True)
+    content["config"]["bidir"] = True
+    model = from_official(content)
+    assert model.bidir
+    assert _run(model, _reference("vxm_svf_2d")).inverse_ddf is not None
+    one_way = regzoo.create_model("voxelmorph", **_options("vxm_svf_2d"))
+    with pytest.raises(ValueError, match=r"bidir=True, the model False: use model.bidir=true"):
+        one_way.load_weights(content)

@@ -18,8 +18,8 @@ from regzoo.config import resolve_config
 from regzoo.engine.optim import make_optimizer
 from regzoo.engine.trainer import train
 from regzoo.labels import one_hot
-from regzoo.models import Optimizers
-from regzoo.spatial import integrate_velocity, jacobian_determinant, resize_field, warp
+from regzoo.models import Optimizers, contract_problem
+from regzoo.spatial import compose, integrate_velocity, jacobian_determinant, resize_field, warp
 from regzoo.testing import check_model, parametrize_models, tiny_batch
 
 # Official VxmDense parameter counts (flow head included): the paper gives 327,331 for the 3D
@@ -174,6 +174,64 @@ def test_svf_resize_is_the_official_resize_transform(shape):
     if all(s % 2 == 0 for s in shape):
         integral = integrate_velocity(fields["velocity"], 7)
         torch.testing.assert_close(fields["ddf"], official(2.0)(integral), atol=0, rtol=0)
+
+
+def _visible_head(model: torch.nn.Module, std: float = 1.0) -> torch.nn.Module:
+    """A flow head with weights large enough for a field of a few voxels."""
+    with torch.no_grad():
+        model.flow.weight.normal_(0.0, std)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("transformer", "size"),
+    [("dense", (40, 48)), ("svf", (40, 48)), ("svf", (37, 45)), ("svf", (16, 20, 12))],
+)
+def test_bidir_returns_the_inverse_field_and_the_warped_fixed_image(transformer, size):
+    """The official ``bidir``: the negated network output through the same transformer, i.e.
+    ``exp(-v)`` for an SVF (an inverse to interpolation error) and ``-u`` for a dense field."""
+    ndim = len(size)
+    torch.manual_seed(0)
+    model = _visible_head(regzoo.create_model("voxelmorph", ndim=ndim, transformer=transformer))
+    batch = _batch(ndim, size)
+    assert model(batch).inverse_ddf is None  # bidir is off by default
+    model.bidir = True
+    out = model(batch)
+    assert contract_problem(out, batch) is None
+    assert out.inverse_ddf.shape == out.ddf.shape == (2, ndim, *size)
+    assert out.extras["fixed_warped"].shape == batch["fixed"].shape
+    torch.testing.assert_close(out.extras["fixed_warped"], warp(batch["fixed"], out.inverse_ddf))
+    assert out.ddf.abs().max() > 0.5  # a field of voxels, so the checks below can fail
+    if transformer == "dense":
+        torch.testing.assert_close(out.inverse_ddf, -out.ddf)
+        return
+    integral = integrate_velocity(-out.velocity, 7)
+    torch.testing.assert_close(out.inverse_ddf, resize_field(integral, size, factor=2))
+    inner = (slice(None), slice(None), *[slice(4, -4)] * ndim)
+    assert compose(out.ddf, out.inverse_ddf)[inner].abs().max() < 0.1
+
+
+@pytest.mark.parametrize("transformer", ["dense", "svf"])
+def test_bidir_loss_weighs_both_image_terms_one_half(transformer):
+    torch.manual_seed(0)
+    model = _visible_head(
+        regzoo.create_model("voxelmorph", ndim=2, transformer=transformer, bidir=True)
+    )
+    batch = _batch(2, (32, 32))
+    out = model(batch)
+    terms = model.loss(batch, out)
+    lncc = regzoo.build("loss", "lncc")
+    grad = regzoo.build("loss", {"name": "grad", "penalty": "l2"})
+    forward = lncc(warp(batch["moving"], out.ddf), batch["fixed"])
+    backward = lncc(warp(batch["fixed"], out.inverse_ddf), batch["moving"])
+    field = out.velocity if transformer == "svf" else out.ddf
+    expected = 0.5 * forward + 0.5 * backward + 1.0 * grad(field)
+    assert not torch.isclose(forward, backward)
+    torch.testing.assert_close(terms["similarity"], forward)
+    torch.testing.assert_close(terms["similarity_inverse"], backward)
+    torch.testing.assert_close(terms["loss"], expected)
+    terms["loss"].backward()  # both directions train the one network
+    assert model.flow.weight.grad.abs().sum() > 0
 
 
 def test_warped_labels_and_the_auxiliary_dice_loss():

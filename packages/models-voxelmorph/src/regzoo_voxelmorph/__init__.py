@@ -6,8 +6,9 @@ importing this module is cheap:
 
 - ``voxelmorph``: VoxelMorph-2 (Balakrishnan et al., IEEE TMI 2019), decoder
   ``[32, 32, 32, 32, 32, 16, 16]``; ``model.transformer=svf`` makes it diffeomorphic
-  (the official ``VxmDense`` with ``int_steps=7, int_downsize=2``), ``model.seg_weight=0.01``
-  adds the auxiliary Dice loss of semi-supervised VoxelMorph.
+  (the official ``VxmDense`` with ``int_steps=7, int_downsize=2``), ``model.bidir=true`` adds
+  the inverse field and the official bidirectional cost, ``model.seg_weight=0.01`` the auxiliary
+  Dice loss of semi-supervised VoxelMorph.
 - ``voxelmorph-1``: the same network with the VoxelMorph-1 decoder ``[32, 32, 32, 32, 8, 8]``.
 - ``voxelmorph-diff``: the probabilistic diffeomorphic variant (Dalca et al., MICCAI 2018).
 """
@@ -61,6 +62,7 @@ class VoxelMorphConfig:
     half_res: bool = False
     transformer: Any = "dense"
     probabilistic: bool = False
+    bidir: bool = False
     similarity: Optional[dict[str, Any]] = field(default_factory=lambda: {"name": "lncc"})
     regularizer: Optional[dict[str, Any]] = field(
         default_factory=lambda: {"name": "grad", "penalty": "l2"}

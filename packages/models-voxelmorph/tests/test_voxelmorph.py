@@ -12,11 +12,13 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import regzoo
 from regzoo.config import resolve_config
 from regzoo.engine.optim import make_optimizer
 from regzoo.engine.trainer import train
+from regzoo.errors import ConfigError
 from regzoo.labels import one_hot
 from regzoo.models import Optimizers, contract_problem
 from regzoo.spatial import compose, integrate_velocity, jacobian_determinant, resize_field, warp
@@ -141,14 +143,7 @@ def test_svf_by_config_is_diffeomorphic_and_regularises_the_velocity():
         # the Learn2Reg scorer's form: central differences, 2 border voxels cropped
         folds[name] = (jacobian_determinant(ddf)[..., 2:-2, 2:-2] <= 0).float().mean().item()
     assert folds["dense"] > 0.05 and folds["svf"] == 0.0
-    batch = _batch(2, (48, 48))
-    out = svf(batch)
-    assert out.velocity.shape == (2, 2, 24, 24)
-    terms = svf.loss(batch, out)
-    grad = regzoo.build("loss", {"name": "grad", "penalty": "l2"})
-    assert torch.allclose(terms["regularizer"], grad(out.velocity))
-    raw = dense(batch)
-    assert torch.allclose(dense.loss(batch, raw)["regularizer"], grad(raw.ddf))
+    assert svf(_batch(2, (48, 48))).velocity.shape == (2, 2, 24, 24)
 
 
 @pytest.mark.parametrize("shape", [(32, 40), (37, 45), (10, 12, 8), (9, 8, 11)])
@@ -221,11 +216,10 @@ def test_bidir_loss_weighs_both_image_terms_one_half(transformer):
     out = model(batch)
     terms = model.loss(batch, out)
     lncc = regzoo.build("loss", "lncc")
-    grad = regzoo.build("loss", {"name": "grad", "penalty": "l2"})
     forward = lncc(warp(batch["moving"], out.ddf), batch["fixed"])
     backward = lncc(warp(batch["fixed"], out.inverse_ddf), batch["moving"])
     field = out.velocity if transformer == "svf" else out.ddf
-    expected = 0.5 * forward + 0.5 * backward + 1.0 * grad(field)
+    expected = 0.5 * forward + 0.5 * backward + 1.0 * _official_grad(field)
     assert not torch.isclose(forward, backward)
     torch.testing.assert_close(terms["similarity"], forward)
     torch.testing.assert_close(terms["similarity_inverse"], backward)
@@ -234,27 +228,76 @@ def test_bidir_loss_weighs_both_image_terms_one_half(transformer):
     assert model.flow.weight.grad.abs().sum() > 0
 
 
-def test_warped_labels_and_the_auxiliary_dice_loss():
+def _official_grad(field: torch.Tensor, loss_mult: float = 2.0) -> torch.Tensor:
+    """The official ``Grad('l2', loss_mult)``: per axis the mean squared forward difference, the
+    mean over axes, times ``loss_mult``."""
+    axes = range(2, field.dim())
+    return loss_mult * sum(torch.diff(field, dim=a).square().mean() for a in axes) / len(axes)
+
+
+@pytest.mark.parametrize("transformer", ["dense", "svf"])
+def test_grad_has_the_official_loss_mult_for_dense_and_svf(transformer):
+    """The official scripts' ``Grad('l2', loss_mult=int_downsize)`` (2), applied whatever
+    ``int_steps``: on the velocity for an SVF, on the displacement for a dense model."""
     torch.manual_seed(0)
-    batch = _batch(2, (40, 40))
-    plain = regzoo.create_model("voxelmorph", ndim=2)
-    semi = regzoo.create_model("voxelmorph", ndim=2, seg_weight=0.01)
-    semi.load_state_dict(plain.state_dict())
-    with torch.no_grad():
-        plain.flow.weight.normal_(0, 1e-2)
-        semi.flow.weight.copy_(plain.flow.weight)
-    out = semi(batch)
+    model = _visible_head(regzoo.create_model("voxelmorph", ndim=2, transformer=transformer))
+    assert model.regularizer.loss_mult == 2
+    batch = _batch(2, (32, 40))
+    out = model(batch)
+    field = out.velocity if transformer == "svf" else out.ddf
+    assert field.abs().max() > 0.1
+    terms = model.loss(batch, out)
+    torch.testing.assert_close(terms["regularizer"], _official_grad(field))
+    torch.testing.assert_close(terms["loss"], terms["similarity"] + _official_grad(field))
+
+
+def _semi_supervised_pair(size, **options):
+    torch.manual_seed(0)
+    model = regzoo.create_model("voxelmorph", ndim=2, seg_weight=0.01, **options)
+    batch = _batch(2, size)
+    return _visible_head(model), batch
+
+
+@pytest.mark.parametrize("size", [(40, 48), (41, 39)])
+def test_semi_supervised_dice_at_the_official_seg_resolution(size):
+    """Dice at ``seg_resolution=2`` (``VxmDenseSemiSupervisedSeg``): the one-hot maps taken every
+    second voxel (the official generator's ``[::2]``), the moving one warped by the field resized
+    by exactly 1/2 (``RescaleTransform``); at an odd size onto the ``[::2]`` grid."""
+    model, batch = _semi_supervised_pair(size)
+    assert model.seg_resolution == 2
+    out = model(batch)
+    moving = one_hot(batch["moving_label"], 4)[:, :, ::2, ::2]
+    fixed = one_hot(batch["fixed_label"], 4)[:, :, ::2, ::2]
+    if size[0] % 2 == 0:
+        flow = F.interpolate(0.5 * out.ddf, scale_factor=0.5, mode="bilinear", align_corners=True)
+    else:
+        flow = 0.5 * F.interpolate(out.ddf, moving.shape[2:], mode="bilinear", align_corners=True)
+    dice = regzoo.build("loss", "dice")(warp(moving, flow), fixed)
+    terms = model.loss(batch, out)
+    torch.testing.assert_close(terms["segmentation"], dice)
+    expected = terms["similarity"] + terms["regularizer"] + 0.01 * dice
+    torch.testing.assert_close(terms["loss"], expected)
+    # full size: warped_label against the fixed labels
+    full, _ = _semi_supervised_pair(size, seg_resolution=1)
+    full.load_state_dict(model.state_dict())
+    reference = regzoo.build("loss", "dice")(out.warped_label, one_hot(batch["fixed_label"], 4))
+    torch.testing.assert_close(full.loss(batch, full(batch))["segmentation"], reference)
+    with pytest.raises(ConfigError, match="seg_resolution must be a positive integer, got 0"):
+        regzoo.create_model("voxelmorph", ndim=2, seg_resolution=0)
+
+
+def test_warped_labels_and_the_label_free_objective():
+    model, batch = _semi_supervised_pair((40, 40))
+    out = model(batch)
     ref = warp(one_hot(batch["moving_label"], 4), out.ddf)
     assert torch.allclose(out.warped_label, ref)
+    plain = regzoo.create_model("voxelmorph", ndim=2)
     assert "segmentation" not in plain.loss(batch, plain(batch))
-    terms = semi.loss(batch, out)
-    dice = regzoo.build("loss", "dice")(out.warped_label, one_hot(batch["fixed_label"], 4))
-    assert torch.allclose(terms["segmentation"], dice)
-    assert torch.allclose(terms["loss"], terms["similarity"] + terms["regularizer"] + 0.01 * dice)
+    terms = model.loss(batch, out)
     # no labels: the label-free objective of instance optimisation
     unlabelled = {k: v for k, v in batch.items() if "label" not in k}
-    assert semi(unlabelled).warped_label is None
-    assert torch.allclose(semi.objective(batch, out), terms["similarity"] + terms["regularizer"])
+    assert model(unlabelled).warped_label is None
+    assert torch.allclose(model.objective(batch, out), terms["similarity"] + terms["regularizer"])
 
 
 def test_num_labels_fixes_the_one_hot_width():

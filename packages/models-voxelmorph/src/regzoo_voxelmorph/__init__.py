@@ -46,7 +46,8 @@ DALCA_2018 = Paper(
 
 @dataclass
 class VoxelMorphConfig:
-    """VoxelMorph-2 as in the TMI paper: LNCC (window 9) + 1.0 x Grad-l2, dense field.
+    """VoxelMorph-2 as in the TMI paper: LNCC (window 9) + 1.0 x Grad-l2, dense field, with the
+    official scripts' Grad ``loss_mult=2`` and semi-supervised Dice at ``seg_resolution=2``.
 
     The defaults of :class:`~regzoo_voxelmorph.model.VoxelMorph` (see its arguments). Nullable
     fields: ``similarity``, ``regularizer`` or ``segmentation`` null: the objective has no such
@@ -64,12 +65,14 @@ class VoxelMorphConfig:
     probabilistic: bool = False
     bidir: bool = False
     similarity: Optional[dict[str, Any]] = field(default_factory=lambda: {"name": "lncc"})
+    # the official scripts' Grad('l2', loss_mult=int_downsize), int_downsize 2 (dense models too)
     regularizer: Optional[dict[str, Any]] = field(
-        default_factory=lambda: {"name": "grad", "penalty": "l2"}
+        default_factory=lambda: {"name": "grad", "penalty": "l2", "loss_mult": 2}
     )
     reg_weight: float = 1.0
     segmentation: Optional[dict[str, Any]] = field(default_factory=lambda: {"name": "dice"})
     seg_weight: float = 0.0
+    seg_resolution: int = 2
     num_labels: Optional[int] = None
     prior_lambda: float = 10.0
 

@@ -17,6 +17,13 @@ field (the official code negates both; for a dense field ``-u`` is only an appro
 The fixed image warped by it is compared with the moving image, and the two image terms weigh 0.5
 each, as the official training scripts' ``weights = [0.5, 0.5]``.
 
+The rest of the objective is also the official scripts' (``scripts/torch/train.py``,
+``scripts/tf/train_semisupervised_seg.py``): ``Grad('l2', loss_mult=int_downsize)`` on the
+pre-integration field, with ``int_downsize = 2`` for dense models too (the scripts apply it
+whatever ``int_steps``), and the semi-supervised Dice at ``seg_resolution = 2``
+(``VxmDenseSemiSupervisedSeg``): one-hot label maps taken every second voxel, the moving one warped
+by the field resized by exactly 1/2.
+
 With ``probabilistic=True`` (VoxelMorph-diff) a second head ``flow_logsigma`` (weights
 N(0, 1e-10), bias -10) gives the log *variance* of the velocity, as in the official TensorFlow code
 (its "log_sigma" is exponentiated as a variance); training samples
@@ -37,10 +44,11 @@ import torch
 from torch import nn
 
 from regzoo import build
+from regzoo.errors import ConfigError
 from regzoo.labels import one_hot
 from regzoo.models import Batch, RegistrationModel, RegistrationOutput
 from regzoo.nn import conv_nd
-from regzoo.spatial import warp
+from regzoo.spatial import resize_field, warp
 
 from . import VoxelMorphConfig
 
@@ -76,7 +84,12 @@ class VoxelMorph(RegistrationModel):
             regularizer(field)`` and, with ``seg_weight > 0`` and labels in the batch,
             ``seg_weight * segmentation(warped one-hot moving labels, one-hot fixed labels)``
             (semi-supervised VoxelMorph, 0.01). The regulariser sees the velocity for ``svf``
-            (the official ``preint_flow``) and the displacement otherwise.
+            (the official ``preint_flow``) and the displacement otherwise; its ``loss_mult`` (2 by
+            default) is the official scripts' ``int_downsize``.
+        seg_resolution: the label term's voxel size in image voxels (official 2): the one-hot
+            maps are taken every ``seg_resolution`` voxels and the moving one is warped by
+            ``ddf`` resized by exactly ``1 / seg_resolution`` (:func:`~regzoo.spatial.resize_field`
+            with ``factor``); 1 compares ``warped_label`` with the fixed labels at full size.
         num_labels: classes of ``warped_label``; ``None``: the data's label table
             (:meth:`~regzoo.models.RegistrationModel.warp_moving_labels`).
         prior_lambda: precision of the KL prior added to the objective (probabilistic only;
@@ -102,10 +115,15 @@ class VoxelMorph(RegistrationModel):
         reg_weight: float = _DEFAULTS.reg_weight,
         segmentation: Mapping[str, Any] | None = _DEFAULTS.segmentation,
         seg_weight: float = _DEFAULTS.seg_weight,
+        seg_resolution: int = _DEFAULTS.seg_resolution,
         num_labels: int | None = _DEFAULTS.num_labels,
         prior_lambda: float = _DEFAULTS.prior_lambda,
     ) -> None:
         super().__init__()
+        if int(seg_resolution) != seg_resolution or seg_resolution < 1:
+            raise ConfigError(
+                f"voxelmorph: seg_resolution must be a positive integer, got {seg_resolution}"
+            )
         self.ndim = ndim
         self.num_labels = num_labels
         self.probabilistic = probabilistic
@@ -135,6 +153,7 @@ class VoxelMorph(RegistrationModel):
         self.segmentation = _build_loss(segmentation) if seg_weight else None
         self.reg_weight = reg_weight
         self.seg_weight = seg_weight
+        self.seg_resolution = int(seg_resolution)
 
     def _head(self, std: float, bias: float) -> nn.Module:
         conv = conv_nd(self.ndim)(self.unet_model.out_channels, self.ndim, 3, padding=1)
@@ -194,8 +213,9 @@ class VoxelMorph(RegistrationModel):
 
         ``similarity`` (warped moving vs fixed; weight 1, or 0.5 with ``bidir`` and then
         ``similarity_inverse``, warped fixed vs moving, 0.5), ``regularizer`` (``reg_weight``),
-        ``segmentation`` (``seg_weight``, when the batch has both label maps) and ``kl``
-        (probabilistic, weight 1). A term whose config is null is absent.
+        ``segmentation`` (``seg_weight``, when the batch has both label maps; at
+        ``seg_resolution``) and ``kl`` (probabilistic, weight 1). A term whose config is null is
+        absent.
         """
         terms: dict[str, torch.Tensor] = {}
         weights: dict[str, float] = {}
@@ -215,8 +235,7 @@ class VoxelMorph(RegistrationModel):
             and out.warped_label is not None
             and "fixed_label" in batch
         ):
-            fixed = one_hot(batch["fixed_label"], out.warped_label.shape[1], out.warped_label.dtype)
-            terms["segmentation"] = self.segmentation(out.warped_label, fixed)
+            terms["segmentation"] = self.segmentation(*self._label_maps(batch, out))
             weights["segmentation"] = self.seg_weight
         if self.probabilistic:
             terms["kl"] = self.kl(out.extras["flow_mean"], out.extras["flow_log_sigma"])
@@ -225,6 +244,28 @@ class VoxelMorph(RegistrationModel):
             (weights[name] * terms[name] for name in weights), out.warped.new_zeros(())
         )
         return terms
+
+    def _label_maps(
+        self, batch: Batch, out: RegistrationOutput
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Warped moving and fixed one-hot label maps ``(B, K, *S')`` at ``seg_resolution``.
+
+        As the official ``VxmDenseSemiSupervisedSeg`` and its ``semisupervised`` generator: the
+        maps are taken every ``r`` voxels (``[::r]``, ``ceil(n / r)`` voxels) and ``ddf`` is
+        resized to that grid with its vectors times exactly ``1 / r`` (``RescaleTransform``).
+        Where ``r`` divides the size this is the official operation; elsewhere the official
+        network does not run.
+        """
+        classes = out.warped_label.shape[1]
+        r = self.seg_resolution
+        if r == 1:
+            warped, fixed = out.warped_label, batch["fixed_label"]
+        else:
+            every = (slice(None), slice(None), *[slice(None, None, r)] * self.ndim)
+            moving, fixed = batch["moving_label"][every], batch["fixed_label"][every]
+            flow = resize_field(out.ddf, moving.shape[2:], factor=1 / r)
+            warped = self.warp_moving_labels({"moving_label": moving}, flow, classes)
+        return warped, one_hot(fixed, classes, warped.dtype)
 
 
 def _build_loss(part: Mapping[str, Any] | None) -> nn.Module | None:

@@ -223,6 +223,21 @@ def test_resize_field_rescales_values():
     torch.testing.assert_close(down, expected.expand_as(down), atol=1e-6, rtol=0)
 
 
+def test_resize_field_by_factor_scales_values_exactly():
+    """``factor``: values times exactly ``factor`` (VoxelMorph's ``ResizeTransform``), sizes
+    ``floor(n * factor)`` or the given ``size``; not the grids' ratio, which is 3/8 here."""
+    const = torch.ones(1, 2, 9, 12) * torch.tensor([1.0, -3.0]).view(1, 2, 1, 1)
+    down = resize_field(const, factor=0.5)
+    assert down.shape == (1, 2, 4, 6)
+    torch.testing.assert_close(down, 0.5 * const[..., :4, :6], atol=1e-6, rtol=0)
+    torch.testing.assert_close(resize_field(down, (9, 12), factor=2), const, atol=1e-6, rtol=0)
+    assert resize_field(const, factor=1) is const
+    with pytest.raises(ValueError, match="size or factor"):
+        resize_field(const)
+    with pytest.raises(ValueError, match="leaves no voxel"):
+        resize_field(const, factor=0.1)
+
+
 # --- affine ----------------------------------------------------------------------------------
 
 

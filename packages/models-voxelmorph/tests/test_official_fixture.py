@@ -85,12 +85,8 @@ def test_plain_official_state_dict_with_grid_buffers_loads_strictly():
 
 
 def test_official_svf_file():
-    """The SVF file's network output is the official one within 1e-5.
-
-    The integrated field differs by up to a few thousandths of a voxel: regzoo resizes the SVF by
-    ``(n' - 1) / (n - 1)`` where the official ``ResizeTransform`` scales by exactly 0.5 and 2 (an
-    open difference of the four-plugins issue); tighten to 1e-5 when the official rule is used.
-    """
+    """The SVF file's network output, velocity and integrated field are the official ones within
+    1e-5 (the velocity resized by exactly 0.5 and the field by exactly 2, as ``ResizeTransform``)."""
     ref = _reference("vxm_svf_2d")
     model = regzoo.create_model("voxelmorph", **_options("vxm_svf_2d"))
     load_weights(model, FIXTURES / "vxm_svf_2d.pt")
@@ -99,7 +95,10 @@ def test_official_svf_file():
         head = model.flow(model.unet_model(x))
     torch.testing.assert_close(head, ref["head"], atol=1e-5, rtol=0)
     assert ref["flow"].abs().max() > 0.5
-    torch.testing.assert_close(_run(model, ref).ddf, ref["flow"], atol=1e-2, rtol=0)
+    out = _run(model, ref)
+    torch.testing.assert_close(out.velocity, ref["preint_flow"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.ddf, ref["flow"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.warped, ref["warped"], atol=1e-5, rtol=0)
 
 
 def test_official_config_maps_to_regzoo_options():
@@ -176,3 +175,16 @@ def test_cli_loads_the_official_svf_file_with_the_suggested_override(capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "dice" in captured.out
+
+
+def test_official_bidir_option_builds_or_names_the_override():
+    """An official file saved with ``bidir=True`` (same weights) builds a bidirectional model; a
+    model without the option refuses it in one line naming ``model.bidir=true``."""
+    content = torch.load(FIXTURES / "vxm_svf_2d.pt", weights_only=True)
+    content["config"]["bidir"] = True
+    model = from_official(content)
+    assert model.bidir
+    assert _run(model, _reference("vxm_svf_2d")).inverse_ddf is not None
+    one_way = regzoo.create_model("voxelmorph", **_options("vxm_svf_2d"))
+    with pytest.raises(ValueError, match=r"bidir=True, the model False: use model.bidir=true"):
+        one_way.load_weights(content)

@@ -11,6 +11,19 @@ turns them into a displacement: ``dense`` (VoxelMorph) or ``svf`` (scaling and s
 Parameter names follow the official PyTorch ``VxmDense`` (``unet_model.encoder.0.0.main.weight``,
 ``flow.weight``), and so do the counts: 327,331 in 3D and 109,170 in 2D with the defaults.
 
+With ``bidir=True`` (the official ``VxmDense(bidir=True)``) the negated network output goes
+through the same transformer: the inverse field is ``exp(-v)`` for an SVF and ``-u`` for a dense
+field (the official code negates both; for a dense field ``-u`` is only an approximate inverse).
+The fixed image warped by it is compared with the moving image, and the two image terms weigh 0.5
+each, as the official training scripts' ``weights = [0.5, 0.5]``.
+
+The rest of the objective is also the official scripts' (``scripts/torch/train.py``,
+``scripts/tf/train_semisupervised_seg.py``): ``Grad('l2', loss_mult=int_downsize)`` on the
+pre-integration field, with ``int_downsize = 2`` for dense models too (the scripts apply it
+whatever ``int_steps``), and the semi-supervised Dice at ``seg_resolution = 2``
+(``VxmDenseSemiSupervisedSeg``): one-hot label maps taken every second voxel, the moving one warped
+by the field resized by exactly 1/2.
+
 With ``probabilistic=True`` (VoxelMorph-diff) a second head ``flow_logsigma`` (weights
 N(0, 1e-10), bias -10) gives the log *variance* of the velocity, as in the official TensorFlow code
 (its "log_sigma" is exponentiated as a variance); training samples
@@ -31,9 +44,11 @@ import torch
 from torch import nn
 
 from regzoo import build
-from regzoo.models import Batch, RegistrationLoss, RegistrationModel, RegistrationOutput
+from regzoo.errors import ConfigError
+from regzoo.labels import one_hot
+from regzoo.models import Batch, RegistrationModel, RegistrationOutput
 from regzoo.nn import conv_nd
-from regzoo.spatial import warp
+from regzoo.spatial import resize_field, warp
 
 from . import VoxelMorphConfig
 
@@ -60,11 +75,21 @@ class VoxelMorph(RegistrationModel):
         transformer: a registered transformer name or config: ``"dense"`` or ``"svf"`` (7 steps
             at half resolution, VoxelMorph's ``int_steps=7, int_downsize=2``).
         probabilistic: predict a velocity mean and log variance (VoxelMorph-diff).
-        similarity, regularizer, reg_weight, segmentation, seg_weight: the training objective
-            (:class:`~regzoo.models.RegistrationLoss`); with ``seg_weight > 0`` and labels in the
-            batch the linearly warped one-hot moving labels meet the fixed ones (semi-supervised
-            VoxelMorph, 0.01). The regulariser sees the velocity for ``svf`` (the official
-            ``preint_flow``) and the displacement otherwise.
+        bidir: also return the inverse field (``inverse_ddf``: the transformer applied to the
+            negated network output) and the fixed image warped by it (``extras["fixed_warped"]``),
+            and weigh the image terms 0.5 (warped moving vs fixed) and 0.5 (warped fixed vs
+            moving), the official ``bidir`` option.
+        similarity, regularizer, reg_weight, segmentation, seg_weight: the training objective,
+            registered loss configs: ``similarity(warped, fixed)``, ``reg_weight *
+            regularizer(field)`` and, with ``seg_weight > 0`` and labels in the batch,
+            ``seg_weight * segmentation(warped one-hot moving labels, one-hot fixed labels)``
+            (semi-supervised VoxelMorph, 0.01). The regulariser sees the velocity for ``svf``
+            (the official ``preint_flow``) and the displacement otherwise; its ``loss_mult`` (2 by
+            default) is the official scripts' ``int_downsize``.
+        seg_resolution: the label term's voxel size in image voxels (official 2): the one-hot
+            maps are taken every ``seg_resolution`` voxels and the moving one is warped by
+            ``ddf`` resized by exactly ``1 / seg_resolution`` (:func:`~regzoo.spatial.resize_field`
+            with ``factor``); 1 compares ``warped_label`` with the fixed labels at full size.
         num_labels: classes of ``warped_label``; ``None``: the data's label table
             (:meth:`~regzoo.models.RegistrationModel.warp_moving_labels`).
         prior_lambda: precision of the KL prior added to the objective (probabilistic only;
@@ -84,18 +109,25 @@ class VoxelMorph(RegistrationModel):
         half_res: bool = _DEFAULTS.half_res,
         transformer: str | Mapping[str, Any] = _DEFAULTS.transformer,
         probabilistic: bool = _DEFAULTS.probabilistic,
+        bidir: bool = _DEFAULTS.bidir,
         similarity: Mapping[str, Any] | None = _DEFAULTS.similarity,
         regularizer: Mapping[str, Any] | None = _DEFAULTS.regularizer,
         reg_weight: float = _DEFAULTS.reg_weight,
         segmentation: Mapping[str, Any] | None = _DEFAULTS.segmentation,
         seg_weight: float = _DEFAULTS.seg_weight,
+        seg_resolution: int = _DEFAULTS.seg_resolution,
         num_labels: int | None = _DEFAULTS.num_labels,
         prior_lambda: float = _DEFAULTS.prior_lambda,
     ) -> None:
         super().__init__()
+        if int(seg_resolution) != seg_resolution or seg_resolution < 1:
+            raise ConfigError(
+                f"voxelmorph: seg_resolution must be a positive integer, got {seg_resolution}"
+            )
         self.ndim = ndim
         self.num_labels = num_labels
         self.probabilistic = probabilistic
+        self.bidir = bidir
         self.unet_model = build(
             "backbone",
             {
@@ -113,17 +145,15 @@ class VoxelMorph(RegistrationModel):
             self.flow_logsigma = self._head(std=1e-10, bias=-10.0)
         transformer = _as_config(transformer)
         self.transformer = build("transformer", transformer)
-        field = "velocity" if transformer["name"] == "svf" else "ddf"
+        self.regularized = "velocity" if transformer["name"] == "svf" else "ddf"
         if probabilistic:
             self.kl = build("loss", {"name": "kl-prior", "prior_lambda": prior_lambda})
-        self.objective_terms = RegistrationLoss(
-            similarity=_as_config(similarity),
-            regularizer=_as_config(regularizer),
-            reg_weight=reg_weight,
-            segmentation=_as_config(segmentation),
-            seg_weight=seg_weight,
-            field=field,
-        )
+        self.similarity = _build_loss(similarity)
+        self.regularizer = _build_loss(regularizer)
+        self.segmentation = _build_loss(segmentation) if seg_weight else None
+        self.reg_weight = reg_weight
+        self.seg_weight = seg_weight
+        self.seg_resolution = int(seg_resolution)
 
     def _head(self, std: float, bias: float) -> nn.Module:
         conv = conv_nd(self.ndim)(self.unet_model.out_channels, self.ndim, 3, padding=1)
@@ -137,7 +167,9 @@ class VoxelMorph(RegistrationModel):
 
         ``ddf`` is ``(B, ndim, *S)``; ``velocity`` (``svf``) is at the integration resolution;
         ``warped_label`` (one-hot probabilities) is there when the batch has ``moving_label``;
-        probabilistic models add ``extras["flow_mean"]`` and ``extras["flow_log_sigma"]``.
+        ``bidir`` adds ``inverse_ddf`` ``(B, ndim, *S)`` and ``extras["fixed_warped"]``
+        ``(B, C, *S)``; probabilistic models add ``extras["flow_mean"]`` and
+        ``extras["flow_log_sigma"]``.
         """
         moving, fixed = batch["moving"], batch["fixed"]
         shape = moving.shape[2:]
@@ -151,9 +183,14 @@ class VoxelMorph(RegistrationModel):
                 params = params + torch.exp(0.5 * log_sigma) * torch.randn_like(params)
         fields = self.transformer(params, shape)
         ddf = fields["ddf"]
+        inverse = None
+        if self.bidir:
+            inverse = self.transformer(-params, shape)["ddf"]
+            extras["fixed_warped"] = warp(fixed, inverse)
         return RegistrationOutput(
             warped=warp(moving, ddf),
             ddf=ddf,
+            inverse_ddf=inverse,
             velocity=fields.get("velocity"),
             warped_label=self.warp_moving_labels(batch, ddf, self.num_labels),
             extras=extras,
@@ -172,9 +209,65 @@ class VoxelMorph(RegistrationModel):
         load_official(self, state)
 
     def loss(self, batch: Batch, out: RegistrationOutput) -> dict[str, torch.Tensor]:
-        """Terms of the objective; ``"loss"`` is their weighted sum."""
-        terms = self.objective_terms(batch, out)
+        """The official objective's terms by name; ``"loss"`` is their weighted sum.
+
+        ``similarity`` (warped moving vs fixed; weight 1, or 0.5 with ``bidir`` and then
+        ``similarity_inverse``, warped fixed vs moving, 0.5), ``regularizer`` (``reg_weight``),
+        ``segmentation`` (``seg_weight``, when the batch has both label maps; at
+        ``seg_resolution``) and ``kl`` (probabilistic, weight 1). A term whose config is null is
+        absent.
+        """
+        terms: dict[str, torch.Tensor] = {}
+        weights: dict[str, float] = {}
+        if self.similarity is not None:
+            terms["similarity"] = self.similarity(out.warped, batch["fixed"])
+            weights["similarity"] = 1.0
+            if self.bidir:
+                fixed_warped = out.extras["fixed_warped"]
+                terms["similarity_inverse"] = self.similarity(fixed_warped, batch["moving"])
+                weights["similarity"] = weights["similarity_inverse"] = 0.5
+        if self.regularizer is not None:
+            field = getattr(out, self.regularized)
+            terms["regularizer"] = self.regularizer(field)
+            weights["regularizer"] = self.reg_weight
+        if (
+            self.segmentation is not None
+            and out.warped_label is not None
+            and "fixed_label" in batch
+        ):
+            terms["segmentation"] = self.segmentation(*self._label_maps(batch, out))
+            weights["segmentation"] = self.seg_weight
         if self.probabilistic:
             terms["kl"] = self.kl(out.extras["flow_mean"], out.extras["flow_log_sigma"])
-            terms["loss"] = terms["loss"] + terms["kl"]
+            weights["kl"] = 1.0
+        terms["loss"] = sum(
+            (weights[name] * terms[name] for name in weights), out.warped.new_zeros(())
+        )
         return terms
+
+    def _label_maps(
+        self, batch: Batch, out: RegistrationOutput
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Warped moving and fixed one-hot label maps ``(B, K, *S')`` at ``seg_resolution``.
+
+        As the official ``VxmDenseSemiSupervisedSeg`` and its ``semisupervised`` generator: the
+        maps are taken every ``r`` voxels (``[::r]``, ``ceil(n / r)`` voxels) and ``ddf`` is
+        resized to that grid with its vectors times exactly ``1 / r`` (``RescaleTransform``).
+        Where ``r`` divides the size this is the official operation; elsewhere the official
+        network does not run.
+        """
+        classes = out.warped_label.shape[1]
+        r = self.seg_resolution
+        if r == 1:
+            warped, fixed = out.warped_label, batch["fixed_label"]
+        else:
+            every = (slice(None), slice(None), *[slice(None, None, r)] * self.ndim)
+            moving, fixed = batch["moving_label"][every], batch["fixed_label"][every]
+            flow = resize_field(out.ddf, moving.shape[2:], factor=1 / r)
+            warped = self.warp_moving_labels({"moving_label": moving}, flow, classes)
+        return warped, one_hot(fixed, classes, warped.dtype)
+
+
+def _build_loss(part: Mapping[str, Any] | None) -> nn.Module | None:
+    """A registered loss from its config; ``None`` (no such term) stays ``None``."""
+    return build("loss", _as_config(part)) if part else None

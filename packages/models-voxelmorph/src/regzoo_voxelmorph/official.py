@@ -9,9 +9,9 @@ official parameter names, so both load as they are, strictly.
 A dense and an SVF network have the same parameters; only a file's ``config`` tells them apart
 (``int_steps > 0``: an SVF integrated with ``int_steps`` squarings at ``1 / int_downsize`` of the
 image size). That ``config`` is therefore checked against the model (:func:`check_config`), or
-builds it (:func:`from_official`). ``bidir`` is a training option of the official network (the
-inverse field and a second image term); it changes neither the weights nor the forward field, and
-is checked only against models that have the option.
+builds it (:func:`from_official`). ``bidir`` (the inverse field and a second image term) changes
+neither the weights nor the forward field, but it changes the outputs and the training objective,
+so it is checked too (``model.bidir``).
 """
 
 from __future__ import annotations
@@ -151,9 +151,11 @@ def check_config(model: torch.nn.Module, config: Mapping[str, Any]) -> None:
             f"the file's network has unet_half_res={want['half_res']}, the model "
             f"half_res={have['half_res']}"
         )
-    bidir = getattr(model, "bidir", None)
-    if bidir is not None and bool(bidir) != want["bidir"]:
-        raise ValueError(f"the file's network has bidir={want['bidir']}, the model {bool(bidir)}")
+    if bool(model.bidir) != want["bidir"]:
+        raise ValueError(
+            f"the file's network has bidir={want['bidir']}, the model {bool(model.bidir)}: use "
+            f"model.bidir={str(want['bidir']).lower()}"
+        )
 
 
 def _weights(content: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
@@ -200,10 +202,6 @@ def from_official(source: str | Path | Mapping[str, Any], **overrides: Any) -> t
     if "config" not in content or "model_state" not in content:
         raise ValueError("not an official VxmDense.save file (no config/model_state)")
     options = architecture(content["config"])
-    bidir = options.pop("bidir")
-    entry = regzoo.get_entry("model", "voxelmorph")
-    if bidir and "bidir" in entry.default_config():
-        options["bidir"] = True
     model = regzoo.create_model("voxelmorph", **{**options, **overrides})
     load_official(model, content)
     return model

@@ -51,18 +51,42 @@ def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return second + warp(first, second)
 
 
-def resize_field(ddf: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resample a field to ``size`` and rescale its values into the new voxel units.
+def resize_field(
+    ddf: torch.Tensor, size: Sequence[int] | None = None, *, factor: float | None = None
+) -> torch.Tensor:
+    """Resample a field ``(B, ndim, *S)`` (linearly, ``align_corners=True``) and rescale its values
+    into the new voxel units.
 
-    With voxel centres at integer indices (``align_corners=True``), axis i scales by
-    ``(size_i - 1) / (old_i - 1)``.
+    - ``size`` only: axis i's values scale by ``(size_i - 1) / (old_i - 1)``, the ratio of the two
+      grids when voxel centres sit at integer indices.
+    - ``factor`` (VoxelMorph's ``ResizeTransform``, e.g. ``0.5`` before and ``2`` after
+      integrating a velocity at half resolution): the values scale by exactly ``factor`` and the
+      field is interpolated to ``floor(old_i * factor)`` voxels, as
+      ``F.interpolate(field, scale_factor=factor, align_corners=True)``; to ``size`` when it is
+      given too. The two rules agree only where ``(size_i - 1) / (old_i - 1) == factor``.
+
+    Raises:
+        ValueError: neither ``size`` nor ``factor``, or ``factor`` leaves an axis no voxel.
     """
-    old = ddf.shape[2:]
-    size = tuple(int(s) for s in size)
-    if tuple(old) == size:
+    old = tuple(ddf.shape[2:])
+    if size is None:
+        if factor is None:
+            raise ValueError("resize_field: give size or factor")
+        if min(int(n * factor) for n in old) < 1:
+            raise ValueError(f"resize_field: factor {factor} leaves no voxel of size {old}")
+    else:
+        size = tuple(int(s) for s in size)
+    mode = "bilinear" if len(old) == 2 else "trilinear"
+    if size == old or (size is None and factor == 1):
+        out = ddf
+    elif size is None:
+        out = F.interpolate(ddf, scale_factor=factor, mode=mode, align_corners=True)
+    else:
+        out = F.interpolate(ddf, size=size, mode=mode, align_corners=True)
+    if factor is not None:
+        return out if factor == 1 else out * factor
+    if out is ddf:
         return ddf
-    mode = "bilinear" if len(size) == 2 else "trilinear"
-    out = F.interpolate(ddf, size=size, mode=mode, align_corners=True)
     factors = torch.tensor(
         [(n - 1) / max(o - 1, 1) for n, o in zip(size, old)], device=ddf.device, dtype=ddf.dtype
     )

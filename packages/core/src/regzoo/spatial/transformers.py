@@ -69,6 +69,16 @@ class Dense(SpatialTransformer):
 class StationaryVelocity(SpatialTransformer):
     """exp(v) by ``steps`` squarings, integrated at ``1/downsize`` resolution (VoxelMorph's defaults).
 
+    As VoxelMorph's ``VxmDense`` (``ResizeTransform``, ``VecInt``): a full-resolution network
+    output is resized to ``floor(n / downsize)`` voxels with its values times exactly
+    ``1 / downsize``, integrated there, and the displacement is resized back to the image size
+    with its values times exactly ``downsize`` (:func:`~regzoo.spatial.resize_field` with
+    ``factor``). Where ``downsize`` divides the size this is the official operation; elsewhere the
+    coarse grid's spacing is ``(n - 1) / (floor(n / downsize) - 1)`` voxels, not ``downsize``, and
+    the values keep the official factors. An output already at a reduced resolution (a
+    half-resolution U-Net) is the velocity itself, resized to the integration grid by the grids'
+    ratio when the sizes differ.
+
     Args:
         steps: scaling-and-squaring steps (7).
         downsize: integrate at this fraction of the image size, then upsample (2).
@@ -83,9 +93,13 @@ class StationaryVelocity(SpatialTransformer):
         return (len(shape), *shape)
 
     def forward(self, params: torch.Tensor, shape: Sequence[int]) -> dict[str, torch.Tensor]:
+        shape = tuple(int(s) for s in shape)
         small = [max(1, s // self.downsize) for s in shape]
-        velocity = resize_field(params, small)
-        ddf = resize_field(integrate_velocity(velocity, self.steps), shape)
+        if tuple(params.shape[2:]) == shape:
+            velocity = resize_field(params, small, factor=1 / self.downsize)
+        else:
+            velocity = resize_field(params, small)
+        ddf = resize_field(integrate_velocity(velocity, self.steps), shape, factor=self.downsize)
         return {"ddf": ddf, "velocity": velocity}
 
 

@@ -29,9 +29,12 @@ import SimpleITK as sitk
 from regzoo.data.io import load_ddf
 
 DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
-# Mean Dice of the T1 labels, 30 instance-optimisation steps of the untrained network: measured
-# 0.700 -> 0.736; asserted less T1_TOLERANCE.
-T1_DICE_GAIN, T1_TOLERANCE = 0.036, 0.016
+# Mean Dice of the T1 labels, 60 instance-optimisation steps of the untrained network: measured
+# 0.700 -> 0.790; asserted less T1_TOLERANCE.
+T1_DICE_GAIN, T1_TOLERANCE = 0.090, 0.03
+# Brain slice, Pearson r with the fixed image: identity 0.916, the trained network 0.986, after
+# 100 instance-optimisation steps 0.997 (measured); each gain asserted less a tolerance.
+SLICE_NETWORK_GAIN, SLICE_INSTANCE_GAIN = 0.070 - 0.02, 0.011 - 0.005
 REQUIRED = os.environ.get("REGZOO_REQUIRE_REAL_DATA") == "1"
 
 pytestmark = [
@@ -111,7 +114,8 @@ def test_brain_slice_network_then_instance_optimisation(trained_voxelmorph, tmp_
         ncc[name] = _ncc(_array(out / "warped.nii.gz"), _array(fixed))
         folding[name] = _folding(out / "ddf.nii.gz")
     identity = _ncc(_array(moving), _array(fixed))
-    assert identity < ncc["network"] < ncc["instance"], (identity, ncc)
+    assert ncc["network"] >= identity + SLICE_NETWORK_GAIN, (identity, ncc)
+    assert ncc["instance"] >= ncc["network"] + SLICE_INSTANCE_GAIN, (identity, ncc)
     assert max(folding.values()) < 1e-3, folding
 
 
@@ -158,7 +162,7 @@ def test_t1_oblique_header_fields_apply_in_simpleitk(t1_pair, tmp_path):
     out = tmp_path / "out"
     _regzoo(
         "register", "voxelmorph", "--moving", str(t1_pair["moving"]), "--fixed", str(t1_pair["fixed"]),
-        "--moving-seg", str(t1_pair["moving_seg"]), "--iterations", "30", "--lr", "1e-3",
+        "--moving-seg", str(t1_pair["moving_seg"]), "--iterations", "60", "--lr", "1e-3",
         "--out", str(out),
     )  # fmt: skip
     fixed_seg, moving_seg = _array(t1_pair["fixed_seg"]), _array(t1_pair["moving_seg"])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Built from parts so that this file does not match itself.
-OUTSIDE_DOCS = tuple(name + ".md" for name in ("DESIGN", "METHODS", "STYLE"))
+# The documents by file name or by a section label (name, a space, a capital and a digit); built
+# file does not match itself.
+OUTSIDE_DOCS = re.compile(
+    r"\b(?:" + "|".join(("DESIGN", "METHODS", "STYLE")) + r")(?:\.md|\s+[A-Z]\d)"
+)
 
 
 def _tracked_files() -> list[Path]:
@@ -32,7 +36,7 @@ def test_no_file_refers_to_documents_outside_the_repository():
         except UnicodeDecodeError:
             continue
         for lineno, line in enumerate(text.splitlines(), 1):
-            if any(name in line for name in OUTSIDE_DOCS):
+            if OUTSIDE_DOCS.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{lineno}")
     assert not offenders, "references to documents outside the repository: " + ", ".join(offenders)
 

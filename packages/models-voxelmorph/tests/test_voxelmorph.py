@@ -376,15 +376,20 @@ def test_quick_preset_raises_held_out_dice(tmp_path):
     assert gain >= QUICK_CLAIM - TOLERANCE, metrics["summary"]
 
 
+# VoxelMorph-diff, 300 quick-preset steps on train.seed 1: held-out Dice 0.477 -> 0.563, no fold
+# (measured); the gain is asserted less 0.03.
+DIFF_GAIN = 0.086 - 0.03
+
+
 @pytest.mark.slow
 def test_diff_leaves_almost_no_folds(tmp_path):
-    """VoxelMorph-diff after short training: under 0.1% of pixels with det J <= 0 (METHODS R1), on
-    a field that registers (above the identity's Dice, so an identity field fails)."""
+    """VoxelMorph-diff after short training: under 0.1% of pixels with det J <= 0, on a field that
+    registers (Dice above the identity's by a margin, so an identity field fails)."""
     metrics = _train_quick(
         "voxelmorph-diff", tmp_path, ["train.steps=300", f"train.seed={HELD_OUT_SEED}"]
     )
     assert metrics["summary"]["folding"] < 1e-3, metrics["summary"]
-    assert metrics["summary"]["dice"] > metrics["identity"]["dice"], metrics["summary"]
+    assert metrics["summary"]["dice"] >= metrics["identity"]["dice"] + DIFF_GAIN, metrics
 
 
 def _inverse_ncc(run) -> float:
@@ -407,8 +412,8 @@ def _inverse_ncc(run) -> float:
 # Measured with the quick preset for 600 steps (2D 64x64 synthetic pairs, the 16 test pairs):
 # r(fixed warped by the inverse, moving) one-way -> bidir: 0.686 -> 0.790 (train.seed 0),
 # 0.697 -> 0.788 (1), 0.693 -> 0.785 (2), 0.712 -> 0.775 (3); gains 0.063-0.105. The test runs
-# seed 0 and asserts half its gain.
-BIDIR_STEPS, BIDIR_SEED, BIDIR_MARGIN = 600, 0, 0.05
+# seed 1 (the preset was chosen on seed 0) and asserts its gain, 0.091, less 0.04.
+BIDIR_STEPS, BIDIR_SEED, BIDIR_MARGIN = 600, 1, 0.091 - 0.04
 
 
 @pytest.mark.slow

@@ -147,7 +147,10 @@ def affine_matrix(
     log_scale: torch.Tensor,
     shear: torch.Tensor,
 ) -> torch.Tensor:
-    """ISTN's affine ``Sh · Sc · Shᵀ · R · T`` in normalised (x, y[, z]) coordinates (METHODS B5).
+    """ISTN's affine ``Sh · Sc · Shᵀ · R · T`` in normalised (x, y[, z]) coordinates.
+
+    Lee et al., "Image-and-Spatial Transformer Networks for Structure-Guided Image Registration",
+    MICCAI 2019.
 
     Args:
         translation: ``(B, ndim)`` normalised units.

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # The documents by file name or by a section label (name, a space, a capital and a digit); built
-# file does not match itself.
+# from parts so that this file does not match itself.
 OUTSIDE_DOCS = re.compile(
     r"\b(?:" + "|".join(("DESIGN", "METHODS", "STYLE")) + r")(?:\.md|\s+[A-Z]\d)"
 )

@@ -66,6 +66,12 @@ def versions() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def package_versions() -> dict[str, str]:
+    """The versions of the packages being compared, for a suite's ``extra_info``."""
+    return versions()
+
+
+@pytest.fixture(scope="session")
 def quick(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--bench-quick"))
 

@@ -19,11 +19,15 @@ COMMANDS = {
     "regzoo plugins": ["plugins"],
     "regzoo info": ["info", "voxelmorph"],
 }
-# Prints the child's peak RSS (KiB on Linux) when the CLI exits.
+# Prints the child's peak RSS when the CLI exits: VmHWM (KiB), the high-water mark of this process's
+# own memory (getrusage's maxrss would include the forking test process's, kept across exec).
 RUNNER = (
-    "import atexit, resource, sys\n"
-    "atexit.register(lambda: print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-    " file=sys.stderr))\n"
+    "import atexit, sys\n"
+    "def peak():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            print('MAXRSS', line.split()[1], file=sys.stderr)\n"
+    "atexit.register(peak)\n"
     "from regzoo.cli import main\n"
     "main(sys.argv[1:])\n"
 )
@@ -38,7 +42,7 @@ def _run(args: list[str]) -> int:
 
 
 @pytest.mark.parametrize("impl", list(COMMANDS))
-def test_cli_startup(benchmark, request, impl):
+def test_cli_startup(benchmark, request, impl, package_versions):
     args = COMMANDS[impl]
     peak = _run(args)  # warm the file cache; also the peak memory of one run
     benchmark.group = "cli start-up [cpu]"
@@ -48,6 +52,7 @@ def test_cli_startup(benchmark, request, impl):
         device="cpu",
         device_name="cpu",
         threads=1,
+        versions=package_versions,
         quick=bool(request.config.getoption("--bench-quick")),
         load_average=round(os.getloadavg()[0], 2),
         peak_bytes=peak,

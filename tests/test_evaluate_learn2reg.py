@@ -97,7 +97,7 @@ def test_evaluate_learn2reg_summary_equals_scorer_formulas(l2r, tmp_path):
         "voxelmorph",
         "data.ndim=3",
         "data.size=16",
-        "train.steps=20",
+        "train.steps=40",
         "train.lr=3e-3",
         "train.batch_size=1",
         "eval.max_pairs=1",

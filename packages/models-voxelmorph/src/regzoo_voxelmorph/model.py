@@ -210,7 +210,7 @@ class VoxelMorph(RegistrationModel):
 
         if isinstance(state, (str, Path)) and is_hdf5(state):
             state = read_keras(state)
-        if "keras_layers" in state:
+        if isinstance(state, Mapping) and "keras_layers" in state:
             load_keras(self, state)
         else:
             load_official(self, state)

@@ -202,11 +202,26 @@ class VoxelMorph(RegistrationModel):
         ``state`` is a file or its content: an official ``VxmDense.save`` file
         (``{'config', 'model_state'}``, whose config is checked against this model), a
         ``{'state_dict': ...}`` checkpoint or a bare state dict (official sampling-grid buffers
-        are dropped); see :mod:`regzoo_voxelmorph.official`.
+        are dropped); see :mod:`regzoo_voxelmorph.official`. The authors' Keras ``.h5`` files
+        (the TensorFlow ``VxmDense``) load too: :mod:`regzoo_voxelmorph.keras`.
         """
+        from .keras import is_hdf5, load_keras, read_keras
         from .official import load_official
 
-        load_official(self, state)
+        if isinstance(state, (str, Path)) and is_hdf5(state):
+            state = read_keras(state)
+        if isinstance(state, Mapping) and "keras_layers" in state:
+            load_keras(self, state)
+        else:
+            load_official(self, state)
+
+    def read_weights(self, path: Path) -> Mapping[str, Any] | None:
+        """The authors' Keras ``.h5`` weights (model or weights file), read with h5py
+        (:func:`regzoo_voxelmorph.keras.read_keras`); ``None`` for any other file (a torch file,
+        read by the engine)."""
+        from .keras import is_hdf5, read_keras
+
+        return read_keras(path) if is_hdf5(path) else None
 
     def loss(self, batch: Batch, out: RegistrationOutput) -> dict[str, torch.Tensor]:
         """The official objective's terms by name; ``"loss"`` is their weighted sum.

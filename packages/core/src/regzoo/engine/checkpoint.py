@@ -113,12 +113,19 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     :meth:`~regzoo.models.RegistrationModel.load_weights` hook reads it (and may remap an official
     layout): it receives the ``state_dict`` entry when the file has one, and otherwise the file's
     whole content (so a format such as VoxelMorph's ``{"config", "model_state"}`` reaches it with
-    its config).
+    its config). A file that is not a torch file (e.g. the authors' Keras HDF5) reaches it as the
+    model's :meth:`~regzoo.models.RegistrationModel.read_weights` reads it.
     """
-    ckpt = load_checkpoint(path)
-    state = ckpt.get("state_dict", ckpt)
+    reader = getattr(model, "read_weights", None)
+    content = None
+    if reader is not None and Path(path).is_file():
+        with _fitting(path):
+            content = reader(Path(path))
+    if content is None:
+        ckpt = load_checkpoint(path)
+        content = ckpt.get("state_dict", ckpt)
     with _fitting(path):
-        model.load_weights(state)
+        model.load_weights(content)
 
 
 def model_from_checkpoint(

@@ -20,6 +20,7 @@ The engine owns everything else: devices, mixed precision, seeding, logging, che
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -119,6 +120,13 @@ class RegistrationModel(nn.Module):
         reports them in one line naming the file.
         """
         self.load_state_dict(state, strict=True)
+
+    def read_weights(self, path: Path) -> Mapping[str, Any] | None:
+        """Read ``--weights FILE`` when the authors released it in a format that is not a torch
+        file (e.g. Keras HDF5); the result goes to :meth:`load_weights`. ``None`` (the default):
+        the engine reads the file with ``torch.load``. Raise ``ValueError`` for a file of that
+        format that cannot be read: the engine reports it in one line naming the file."""
+        return None
 
     def sample(self, batch: Batch, k: int) -> RegistrationOutput:
         """``k`` stochastic forward passes summarised (``regzoo register --samples K``).

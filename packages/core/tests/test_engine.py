@@ -319,3 +319,17 @@ def test_overview_png_decodes_and_holds_the_six_panels(tmp_path, ndim):
     # Each panel of the 2 x 3 grid draws something (not a blank tile).
     for tile in (t for row in np.array_split(pixels, 2, 0) for t in np.array_split(row, 3, 1)):
         assert tile.std() > 5
+
+
+@pytest.mark.parametrize("layout", ["bare", "checkpoint"])
+def test_weights_file_loads_through_the_default_hook(tmp_path, layout):
+    """``--weights`` for a model that keeps the default ``load_weights``: a bare state dict or a
+    regzoo checkpoint sets every parameter (a hook that loads nothing fails here)."""
+    from regzoo.engine.checkpoint import load_weights
+
+    state = {"shift": torch.tensor([1.5, -2.0])}
+    path = tmp_path / "w.pt"
+    torch.save(state if layout == "bare" else {"state_dict": state}, path)
+    model = GlobalShift()
+    load_weights(model, path)
+    assert torch.equal(model.shift.detach(), state["shift"])

@@ -72,24 +72,21 @@ def resize_field(
     if size is None:
         if factor is None:
             raise ValueError("resize_field: give size or factor")
-        if min(int(n * factor) for n in old) < 1:
+        size = tuple(int(n * factor) for n in old)  # what interpolate(scale_factor=) gives
+        if min(size) < 1:
             raise ValueError(f"resize_field: factor {factor} leaves no voxel of size {old}")
+    size = tuple(int(s) for s in size)
+    if factor is None:
+        scales = [(n - 1) / max(o - 1, 1) for n, o in zip(size, old)]
     else:
-        size = tuple(int(s) for s in size)
-    mode = "bilinear" if len(old) == 2 else "trilinear"
-    if size == old or (size is None and factor == 1):
-        out = ddf
-    elif size is None:
-        out = F.interpolate(ddf, scale_factor=factor, mode=mode, align_corners=True)
-    else:
-        out = F.interpolate(ddf, size=size, mode=mode, align_corners=True)
-    if factor is not None:
-        return out if factor == 1 else out * factor
-    if out is ddf:
+        scales = [factor] * len(old)
+    if size == old and all(s == 1 for s in scales):
         return ddf
-    factors = torch.tensor(
-        [(n - 1) / max(o - 1, 1) for n, o in zip(size, old)], device=ddf.device, dtype=ddf.dtype
-    )
+    mode = "bilinear" if len(old) == 2 else "trilinear"
+    # With align_corners=True the sampling positions depend on the sizes alone, so a size equals
+    # the scale_factor it comes from.
+    out = ddf if size == old else F.interpolate(ddf, size=size, mode=mode, align_corners=True)
+    factors = torch.tensor(scales, device=ddf.device, dtype=ddf.dtype)
     return out * factors.view(1, -1, *([1] * len(size)))
 
 

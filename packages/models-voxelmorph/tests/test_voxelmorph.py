@@ -242,7 +242,7 @@ def test_grad_has_the_official_loss_mult_for_dense_and_svf(transformer):
     ``int_steps``: on the velocity for an SVF, on the displacement for a dense model."""
     torch.manual_seed(0)
     model = _visible_head(regzoo.create_model("voxelmorph", ndim=2, transformer=transformer))
-    assert model.regularizer.loss_mult == 2
+    assert model.objective_terms.regularizer.loss_mult == 2
     batch = _batch(2, (32, 40))
     out = model(batch)
     field = out.velocity if transformer == "svf" else out.ddf
@@ -265,7 +265,7 @@ def test_semi_supervised_dice_at_the_official_seg_resolution(size):
     second voxel (the official generator's ``[::2]``), the moving one warped by the field resized
     by exactly 1/2 (``RescaleTransform``); at an odd size onto the ``[::2]`` grid."""
     model, batch = _semi_supervised_pair(size)
-    assert model.seg_resolution == 2
+    assert model.objective_terms.seg_resolution == 2
     out = model(batch)
     moving = one_hot(batch["moving_label"], 4)[:, :, ::2, ::2]
     fixed = one_hot(batch["fixed_label"], 4)[:, :, ::2, ::2]

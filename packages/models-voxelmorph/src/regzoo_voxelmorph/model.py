@@ -45,10 +45,9 @@ from torch import nn
 
 from regzoo import build
 from regzoo.errors import ConfigError
-from regzoo.labels import one_hot
-from regzoo.models import Batch, RegistrationModel, RegistrationOutput
+from regzoo.models import Batch, RegistrationLoss, RegistrationModel, RegistrationOutput
 from regzoo.nn import conv_nd
-from regzoo.spatial import resize_field, warp
+from regzoo.spatial import warp
 
 from . import VoxelMorphConfig
 
@@ -145,15 +144,18 @@ class VoxelMorph(RegistrationModel):
             self.flow_logsigma = self._head(std=1e-10, bias=-10.0)
         transformer = _as_config(transformer)
         self.transformer = build("transformer", transformer)
-        self.regularized = "velocity" if transformer["name"] == "svf" else "ddf"
         if probabilistic:
             self.kl = build("loss", {"name": "kl-prior", "prior_lambda": prior_lambda})
-        self.similarity = _build_loss(similarity)
-        self.regularizer = _build_loss(regularizer)
-        self.segmentation = _build_loss(segmentation) if seg_weight else None
-        self.reg_weight = reg_weight
-        self.seg_weight = seg_weight
-        self.seg_resolution = int(seg_resolution)
+        self.objective_terms = RegistrationLoss(
+            similarity=_as_config(similarity),
+            regularizer=_as_config(regularizer),
+            reg_weight=reg_weight,
+            segmentation=_as_config(segmentation),
+            seg_weight=seg_weight,
+            field="velocity" if transformer["name"] == "svf" else "ddf",
+            bidirectional=bidir,
+            seg_resolution=seg_resolution,
+        )
 
     def _head(self, std: float, bias: float) -> nn.Module:
         conv = conv_nd(self.ndim)(self.unet_model.out_channels, self.ndim, 3, padding=1)
@@ -229,60 +231,11 @@ class VoxelMorph(RegistrationModel):
         ``similarity`` (warped moving vs fixed; weight 1, or 0.5 with ``bidir`` and then
         ``similarity_inverse``, warped fixed vs moving, 0.5), ``regularizer`` (``reg_weight``),
         ``segmentation`` (``seg_weight``, when the batch has both label maps; at
-        ``seg_resolution``) and ``kl`` (probabilistic, weight 1). A term whose config is null is
-        absent.
+        ``seg_resolution``; :class:`~regzoo.models.RegistrationLoss`) and ``kl``
+        (probabilistic, weight 1). A term whose config is null is absent.
         """
-        terms: dict[str, torch.Tensor] = {}
-        weights: dict[str, float] = {}
-        if self.similarity is not None:
-            terms["similarity"] = self.similarity(out.warped, batch["fixed"])
-            weights["similarity"] = 1.0
-            if self.bidir:
-                fixed_warped = out.extras["fixed_warped"]
-                terms["similarity_inverse"] = self.similarity(fixed_warped, batch["moving"])
-                weights["similarity"] = weights["similarity_inverse"] = 0.5
-        if self.regularizer is not None:
-            field = getattr(out, self.regularized)
-            terms["regularizer"] = self.regularizer(field)
-            weights["regularizer"] = self.reg_weight
-        if (
-            self.segmentation is not None
-            and out.warped_label is not None
-            and "fixed_label" in batch
-        ):
-            terms["segmentation"] = self.segmentation(*self._label_maps(batch, out))
-            weights["segmentation"] = self.seg_weight
+        terms = self.objective_terms(batch, out)
         if self.probabilistic:
             terms["kl"] = self.kl(out.extras["flow_mean"], out.extras["flow_log_sigma"])
-            weights["kl"] = 1.0
-        terms["loss"] = sum(
-            (weights[name] * terms[name] for name in weights), out.warped.new_zeros(())
-        )
+            terms["loss"] = terms["loss"] + terms["kl"]
         return terms
-
-    def _label_maps(
-        self, batch: Batch, out: RegistrationOutput
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Warped moving and fixed one-hot label maps ``(B, K, *S')`` at ``seg_resolution``.
-
-        As the official ``VxmDenseSemiSupervisedSeg`` and its ``semisupervised`` generator: the
-        maps are taken every ``r`` voxels (``[::r]``, ``ceil(n / r)`` voxels) and ``ddf`` is
-        resized to that grid with its vectors times exactly ``1 / r`` (``RescaleTransform``).
-        Where ``r`` divides the size this is the official operation; elsewhere the official
-        network does not run.
-        """
-        classes = out.warped_label.shape[1]
-        r = self.seg_resolution
-        if r == 1:
-            warped, fixed = out.warped_label, batch["fixed_label"]
-        else:
-            every = (slice(None), slice(None), *[slice(None, None, r)] * self.ndim)
-            moving, fixed = batch["moving_label"][every], batch["fixed_label"][every]
-            flow = resize_field(out.ddf, moving.shape[2:], factor=1 / r)
-            warped = self.warp_moving_labels({"moving_label": moving}, flow, classes)
-        return warped, one_hot(fixed, classes, warped.dtype)
-
-
-def _build_loss(part: Mapping[str, Any] | None) -> nn.Module | None:
-    """A registered loss from its config; ``None`` (no such term) stays ``None``."""
-    return build("loss", _as_config(part)) if part else None

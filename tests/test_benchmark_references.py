@@ -79,4 +79,6 @@ def test_benchmarks_md_is_generated_from_the_committed_json():
         "BENCHMARKS.md is not what tools/bench_report.py makes of benchmarks/results/*.json: "
         "regenerate it with `python tools/bench_report.py`"
     )
-    assert "| met |" in expected and "quoted" in expected.lower()
+    assert "| met |" in expected
+    # The TransMorph step is compared with the authors' network measured in the same run.
+    assert "| official TransMorph train-step |" in expected

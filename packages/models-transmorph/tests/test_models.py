@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.interpolate import BSpline
 
 import regzoo
@@ -13,6 +14,7 @@ from regzoo.errors import ConfigError, UserError
 from regzoo.spatial import affine_to_ddf
 from regzoo_transmorph.bspline import bspline_kernel_1d, bspline_to_dense
 from regzoo_transmorph.models import TransMorph
+from regzoo_transmorph.network import ConvNormAct, _InstanceNormLeakyReLU
 
 SMALL = {"embed_dim": 6, "num_heads": [2, 2, 4, 4]}
 
@@ -110,6 +112,28 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 5, 4), (1, 4, 7, 9)])
+def test_fused_norm_activation_equals_the_modules(shape):
+    # One autograd node for InstanceNorm + LeakyReLU that keeps only its output: its gradient
+    # (exact in float64) and values equal those of the official modules, in channels-last layout.
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    fused = lambda t: _InstanceNormLeakyReLU.apply(t, 1e-5, 0.01)  # noqa: E731
+    assert torch.autograd.gradcheck(fused, (x,))
+    block = ConvNormAct(len(shape) - 2, shape[1], 3).double()
+    conv, norm, act = block
+    weight = torch.randn(shape[0], 3, *shape[2:], dtype=torch.float64)
+    outputs = []
+    for forward in (block, lambda t: F.leaky_relu(norm(conv(t)), act.negative_slope)):
+        x.grad = None
+        y = forward(x)
+        (y * weight).sum().backward()
+        outputs.append((y.detach(), x.grad.clone()))
+    torch.testing.assert_close(outputs[0], outputs[1])
+    layout = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
+    assert outputs[0][0].is_contiguous(memory_format=layout)
 
 
 @pytest.mark.parametrize("name,grid", [("transmorph-diff", 32), ("transmorph-diff-fullres", 64)])

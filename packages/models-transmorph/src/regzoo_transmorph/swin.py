@@ -477,7 +477,8 @@ class SwinEncoder(nn.Module):
             MLPs, active at inference too (TransMorph-Bayes); overrides ``drop_rate`` and
             ``attn_drop_rate`` inside the blocks.
     Shapes:
-        ``(B, in_channels, *S)`` to a list of ``(B, embed_dim * 2**i, *ceil(S / (patch * 2**i)))``.
+        ``(B, in_channels, *S)`` to a list of ``(B, embed_dim * 2**i, *ceil(S / (patch * 2**i)))``,
+        in channels-last layout (views of the token maps, not copies).
     """
 
     def __init__(
@@ -558,5 +559,5 @@ class SwinEncoder(nn.Module):
         for i, layer in enumerate(self.layers):
             out, x = layer(x)
             if i in self.out_indices:
-                outs.append(getattr(self, f"norm{i}")(out).movedim(-1, 1).contiguous())
+                outs.append(getattr(self, f"norm{i}")(out).movedim(-1, 1))
         return outs

@@ -18,6 +18,7 @@ __all__ = [
     "conv_transpose_nd",
     "max_pool_nd",
     "avg_pool_nd",
+    "channels_last",
     "norm_nd",
     "activation",
     "interpolation_mode",
@@ -53,6 +54,21 @@ def max_pool_nd(ndim: int) -> type[nn.Module]:
 def avg_pool_nd(ndim: int) -> type[nn.Module]:
     """``nn.AvgPool{ndim}d``."""
     return getattr(nn, f"AvgPool{_check_ndim(ndim)}d")
+
+
+def channels_last(ndim: int) -> torch.memory_format:
+    """The channels-last memory format of ``ndim``-D feature maps (NHWC, NDHWC).
+
+    oneDNN's own layout for convolutions on the CPU: no reorder copies, and 3D convolutions and
+    their backward pass run faster there (BENCHMARKS.md); only the layout changes, never the
+    values. Networks put their input in it (``x.contiguous(memory_format=channels_last(ndim))``)
+    and PyTorch's convolutions, pooling and interpolation keep it.
+    """
+    if ndim not in (2, 3):
+        raise ValueError(
+            f"channels-last layouts exist for 2 and 3 spatial dimensions, got {ndim!r}"
+        )
+    return torch.channels_last_3d if ndim == 3 else torch.channels_last
 
 
 def norm_nd(ndim: int, kind: str | None, channels: int) -> nn.Module | None:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import ConvBlock, max_pool_nd, upsample_to
+from .blocks import ConvBlock, channels_last, max_pool_nd, upsample_to
 
 __all__ = ["VxmUnet"]
 
@@ -104,7 +104,7 @@ class VxmUnet(nn.Module):
         # Convolutions and their backward (most of a training step) run 20-30% faster on
         # channels-last (NHWC / NDHWC) weights and activations with oneDNN on the CPU (measured:
         # BENCHMARKS.md, docs/decisions.md); the values and the state_dict are the same.
-        self.memory_format = torch.channels_last if ndim == 2 else torch.channels_last_3d
+        self.memory_format = channels_last(ndim)
         self.to(memory_format=self.memory_format)
 
     def _upsamples(self, level: int) -> bool:

@@ -69,6 +69,27 @@ def test_keras_svf_file_gives_the_keras_velocity():
     torch.testing.assert_close(head, ref["head"], atol=1e-4, rtol=0)
 
 
+def test_synthmorph_layout_3d_file_gives_the_keras_velocity():
+    """The published SynthMorph files' layout (3D, one width throughout, velocity predicted at half
+    resolution: ``svf_resolution=2``): the file builds the check, and the half-resolution network
+    output equals the Keras one."""
+    config = RECORD["fixtures"]["synthmorph_keras_3d"]["config"]
+    ref = _reference("synthmorph_keras_3d")
+    enc, dec = config["nb_unet_features"]
+    svf = {"name": "svf", "steps": config["int_steps"], "downsize": config["int_resolution"]}
+    options = dict(ndim=3, enc_features=enc, dec_features=dec, transformer=svf)
+    with pytest.raises(DataError, match=r"unet_half_res=True, the model half_res=False"):
+        load_weights(
+            regzoo.create_model("voxelmorph", **options), FIXTURES / "synthmorph_keras_3d.h5"
+        )
+    model = regzoo.create_model("voxelmorph", **options, half_res=True)
+    load_weights(model, FIXTURES / "synthmorph_keras_3d.h5")
+    with torch.no_grad():
+        head = model.flow(model.unet_model(torch.cat([ref["moving"], ref["fixed"]], dim=1)))
+    assert head.shape[2:] == (8, 8, 16) and ref["head"].abs().max() > 1.0
+    torch.testing.assert_close(head, ref["head"], atol=1e-4, rtol=0)
+
+
 def test_weights_only_file_of_other_widths_names_the_layer():
     model = regzoo.create_model("voxelmorph", ndim=2, transformer="dense")
     with pytest.raises(

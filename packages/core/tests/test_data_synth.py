@@ -19,7 +19,7 @@ from regzoo.data.synth import (
     seeded_generator,
 )
 from regzoo.errors import ConfigError
-from regzoo.spatial import affine_to_ddf, jacobian_determinant, warp
+from regzoo.spatial import affine_inverse, affine_to_ddf, invert, jacobian_determinant, warp
 
 
 def _synth(**kw) -> SynthDataset:
@@ -66,6 +66,15 @@ def test_shapes_and_dtypes(ndim: int, size: int) -> None:
         assert item[key].shape == shape and item[key].dtype == torch.int64
         assert 0 <= int(item[key].min()) and int(item[key].max()) < 6
     assert item["spacing"].dtype == torch.float32 and torch.equal(item["spacing"], torch.ones(ndim))
+    assert item["true_ddf"].shape == (ndim, *shape[1:]) and item["true_ddf"].dtype == torch.float32
+    assert "true_affine" not in item  # smooth pairs have no affine
+    assert set(_synth(ground_truth=False)[0]) == {
+        "moving",
+        "fixed",
+        "moving_label",
+        "fixed_label",
+        "spacing",
+    }
     batch = next(iter(make_loader(ds, StepSampler(len(ds), 2, seed=0, stop=1))))
     assert batch["moving"].shape == (2, *shape) and batch["moving_label"].shape == (2, *shape)
 
@@ -115,6 +124,64 @@ def test_identity_dice_of_default_pairs_is_moderate() -> None:
         for i in range(len(val))
     ]
     assert 0.3 < float(np.mean(dice)) < 0.8
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"pairing": "random"}, {"pairing": "random", "deformation": "affine+smooth"}],
+    ids=["intra", "inter-subject", "inter-subject-affine"],
+)
+def test_true_field_carries_the_moving_labels_onto_the_fixed_ones(options) -> None:
+    """``warp(moving_label, true_ddf)`` ~ ``fixed_label`` (the label maps were made by
+    nearest-neighbour warps, which caps Dice near 0.9 at 64x64; measured 0.87 intra, 0.84
+    inter-subject, 0.77 with 30-degree affines); the inverse field, the direction a mix-up would
+    give, does far worse."""
+    ds = _synth(split="test", **options)
+    scores = {"identity": [], "true": [], "inverse": []}
+    for i in range(6):
+        item = ds[i]
+        moving, ddf = item["moving_label"][None].float(), item["true_ddf"][None]
+        for name, field in (("true", ddf), ("inverse", invert(ddf))):
+            warped = warp(moving, field, mode="nearest")[0].long()
+            scores[name].append(_dice(warped, item["fixed_label"], ds.num_labels))
+        scores["identity"].append(_dice(item["moving_label"], item["fixed_label"], ds.num_labels))
+    mean = {k: float(np.mean(v)) for k, v in scores.items()}
+    assert mean["true"] > 0.7 and mean["true"] > mean["identity"] + 0.25, mean
+    assert mean["inverse"] < mean["identity"] + 0.05, mean
+
+
+def test_true_field_maps_onto_the_same_template_points() -> None:
+    """The moving scan's transform to the template after the true field equals the fixed scan's:
+    on average within 0.2 voxel where the field stays inside the image (measured 0.07 over these
+    pairs, with affines of up to 30 degrees and 20% scaling; inverse warps are exp(-v) of the
+    drawn velocities)."""
+    ds = _synth(split="test", pairing="random", deformation="affine+smooth")
+    gen = ds.generator
+    errors = []
+    for i in range(4):
+        (m, f), m_key, f_key = ds.scan_keys(i)
+        ddf = ds[i]["true_ddf"][None]
+        to_template = gen.scan_transform(ds._split, m, m_key, affine=True)[None]
+        chain = ddf + warp(to_template, ddf, padding="border")
+        expected = gen.scan_transform(ds._split, f, f_key)[None]
+        points = torch.stack(torch.meshgrid(*[torch.arange(s) for s in ds.shape], indexing="ij"))
+        points = points + ddf[0]
+        inside = ((points >= 2) & (points <= ds.shape[0] - 3)).all(dim=0)
+        assert inside.float().mean() > 0.6
+        errors.append((chain - expected)[0].norm(dim=0)[inside])
+    assert float(torch.cat(errors).mean()) < 0.2
+
+
+def test_true_affine_of_affine_pairs_is_the_inverse_of_the_drawn_one() -> None:
+    ds = _synth(split="test", deformation="affine")
+    (m, _), m_key, _ = ds.scan_keys(0)
+    item = ds[0]
+    drawn = ds.generator.affine(m_key)[None]
+    torch.testing.assert_close(item["true_affine"], affine_inverse(drawn)[0])
+    # with no per-scan warps and one subject the whole true field is that affine
+    torch.testing.assert_close(
+        item["true_ddf"], affine_to_ddf(item["true_affine"][None], ds.shape)[0], atol=1e-5, rtol=0
+    )
 
 
 def _mean_correlation(ds: SynthDataset, n: int = 8) -> float:

@@ -17,6 +17,7 @@ from scipy import ndimage
 from regzoo.labels import warp_labels
 from regzoo.spatial import (
     affine_from_normalised,
+    affine_inverse,
     affine_to_ddf,
     affine_to_normalised,
     affine_to_physical,
@@ -345,3 +346,16 @@ def test_jacobian_determinant_matches_simpleitk(shape):
     inner = (slice(1, -1),) * ndim  # the filter's border handling differs from zero padding
     np.testing.assert_allclose(ours[inner], ref[inner], atol=1e-10, rtol=0)
     assert np.abs(ours[inner] - 1).max() > 0.2  # a field far from the identity
+
+
+def test_affine_inverse_undoes_the_affine():
+    g = torch.Generator().manual_seed(0)
+    theta = torch.cat(
+        [torch.eye(3) + 0.2 * torch.randn(2, 3, 3, generator=g), torch.randn(2, 3, 1, generator=g)],
+        dim=2,
+    )
+    inverse = affine_inverse(theta)
+    points = torch.randn(3, 10, generator=g)
+    there = theta[:, :, :3] @ points + theta[:, :, 3:]
+    back = inverse[:, :, :3] @ there + inverse[:, :, 3:]
+    torch.testing.assert_close(back, points.expand(2, 3, 10), atol=1e-5, rtol=0)

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError
 from ..labels import LabelTable
 from ..registry import Paper, register_dataset
+from ..spatial import affine_inverse
 from .pairs import check_pairing, natural_length, pair_subjects, split_id
 from .synth import SynthMorphGenerator
 
@@ -89,7 +90,12 @@ class SynthDataset(Dataset):
     learn markedly slower (e.g. 8 labels at scales 8 and 16 with bias 0.3: +0.06 in 500 steps).
 
     Items: ``moving``, ``fixed`` ``(1, *S)`` float32 in [0, 1]; ``moving_label``, ``fixed_label``
-    ``(1, *S)`` int64 in ``[0, num_labels)``; ``spacing`` ``(ndim,)`` float32 ones (mm).
+    ``(1, *S)`` int64 in ``[0, num_labels)``; ``spacing`` ``(ndim,)`` float32 ones (mm); with
+    ``ground_truth``, ``true_ddf`` ``(ndim, *S)`` float32, the true displacement from the fixed
+    grid to the moving one in voxels (``warp(moving, true_ddf)`` shows the fixed anatomy), and,
+    when the moving scans have an affine, ``true_affine`` ``(ndim, ndim + 1)``, its inverse (the
+    affine part of the true transform, on centred voxel coordinates as
+    :func:`regzoo.spatial.affine_to_ddf` takes it).
 
     Args:
         ndim: 2 or 3.
@@ -118,6 +124,7 @@ class SynthDataset(Dataset):
         max_rotation: affine rotation range (degrees).
         scale_range: affine scaling range per axis.
         max_translation: affine translation range, a fraction of the size per axis.
+        ground_truth: add ``true_ddf`` (and ``true_affine``) to every item.
         length: number of items; default from ``pairing`` (fixed scans) or 10000 (fresh).
         fresh: draw new scans for every item; default True for train, False otherwise.
         seed: the population (template, contrasts, subjects).
@@ -143,6 +150,7 @@ class SynthDataset(Dataset):
         max_rotation: float = 30.0,
         scale_range: Sequence[float] = (0.8, 1.2),
         max_translation: float = 0.1,
+        ground_truth: bool = True,
         length: int | None = None,
         fresh: bool | None = None,
         seed: int = 0,
@@ -163,6 +171,9 @@ class SynthDataset(Dataset):
         self.pairing = pairing
         self.multimodal = bool(multimodal)
         self.deformation = deformation
+        # per-scan warps for every scan, affines for moving scans only
+        self.smooth, self.moving_affine = deformation != "affine", deformation != "smooth"
+        self.ground_truth = bool(ground_truth)
         self.fresh = split == "train" if fresh is None else bool(fresh)
         natural = natural_length(pairing, self.num_subjects)
         self.length = (
@@ -222,11 +233,7 @@ class SynthDataset(Dataset):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         gen = self.generator
         labels = gen.labels(
-            self._split,
-            subject,
-            key,
-            smooth=self.deformation != "affine",
-            affine=moving and self.deformation != "smooth",
+            self._split, subject, key, smooth=self.smooth, affine=moving and self.moving_affine
         )
         image = gen.render(labels, gen.contrast(self.contrast_key(key, moving)), key)
         return image, labels[None]
@@ -238,13 +245,21 @@ class SynthDataset(Dataset):
             )
         index %= self.length
         (m, f), m_key, f_key = self.scan_keys(index)
+        gen = self.generator
         with single_thread():
             moving, moving_label = self._scan(m, m_key, moving=True)
             fixed, fixed_label = self._scan(f, f_key, moving=False)
-        return {
-            "moving": moving,
-            "fixed": fixed,
-            "moving_label": moving_label,
-            "fixed_label": fixed_label,
-            "spacing": torch.ones(self.ndim, dtype=torch.float32),
-        }
+            item = {
+                "moving": moving,
+                "fixed": fixed,
+                "moving_label": moving_label,
+                "fixed_label": fixed_label,
+                "spacing": torch.ones(self.ndim, dtype=torch.float32),
+            }
+            if self.ground_truth:
+                item["true_ddf"] = gen.true_field(
+                    self._split, (m, m_key), (f, f_key), self.smooth, self.moving_affine
+                )
+                if self.moving_affine:
+                    item["true_affine"] = affine_inverse(gen.affine(m_key)[None])[0]
+        return item

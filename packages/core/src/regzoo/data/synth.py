@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..spatial import affine_to_ddf, integrate_velocity, resize_field, warp
+from ..spatial import affine_inverse, affine_to_ddf, integrate_velocity, resize_field, warp
 
 __all__ = [
     "seeded_generator",
@@ -110,8 +110,10 @@ def random_diffeomorphism(
     scales: float | Sequence[float],
     generator: torch.Generator,
     steps: int = 5,
+    inverse: bool = False,
 ) -> torch.Tensor:
-    """Displacement ``(ndim, *shape)`` (voxels) of exp(v) for a Perlin velocity ``v``.
+    """Displacement ``(ndim, *shape)`` (voxels) of exp(v) for a Perlin velocity ``v``, or of its
+    inverse exp(-v) (``inverse``: the same draw from an equally seeded ``generator``).
 
     ``v`` is drawn and integrated (``steps`` squarings, SynthMorph's 5) at half resolution, then
     upsampled with :func:`regzoo.spatial.resize_field`, which rescales the values; the field is
@@ -124,7 +126,7 @@ def random_diffeomorphism(
     factor = sum((h - 1) / (s - 1) for h, s in zip(half, shape)) / len(shape)  # about 1/2
     half_scales = [scales] if isinstance(scales, (int, float)) else list(scales)
     v = random_velocity(half, std * factor, [s * factor for s in half_scales], generator)
-    u = integrate_velocity(v[None], steps)
+    u = integrate_velocity(-v[None] if inverse else v[None], steps)
     return resize_field(u, shape)[0]
 
 
@@ -327,18 +329,20 @@ class SynthMorphGenerator:
             )
         return self._template
 
-    def subject_field(self, split: int, subject: int) -> torch.Tensor:
-        """The anatomy of subject ``subject`` of split ``split``: a displacement ``(ndim, *S)``."""
+    def subject_field(self, split: int, subject: int, inverse: bool = False) -> torch.Tensor:
+        """The anatomy of subject ``subject`` of split ``split``: a displacement ``(ndim, *S)``
+        from the subject to the template (``inverse``: back)."""
         g = seeded_generator(self.seed, 1, split, subject)
         return random_diffeomorphism(
-            self.shape, self.subject_std, self.subject_scales, g, self.integration_steps
+            self.shape, self.subject_std, self.subject_scales, g, self.integration_steps, inverse
         )
 
-    def scan_field(self, key: Sequence[int]) -> torch.Tensor:
-        """The per-scan diffeomorphism of scan ``key``: a displacement ``(ndim, *S)``."""
+    def scan_field(self, key: Sequence[int], inverse: bool = False) -> torch.Tensor:
+        """The per-scan diffeomorphism of scan ``key``: a displacement ``(ndim, *S)``
+        (``inverse``: its inverse)."""
         g = seeded_generator(self.seed, 2, *key)
         return random_diffeomorphism(
-            self.shape, self.deform_std, self.deform_scales, g, self.integration_steps
+            self.shape, self.deform_std, self.deform_scales, g, self.integration_steps, inverse
         )
 
     def affine(self, key: Sequence[int]) -> torch.Tensor:
@@ -355,17 +359,58 @@ class SynthMorphGenerator:
         )
 
     def scan_to_subject(
-        self, key: Sequence[int], smooth: bool = True, affine: bool = False
+        self, key: Sequence[int], smooth: bool = True, affine: bool = False, inverse: bool = False
     ) -> torch.Tensor | None:
-        """Displacement from scan ``key`` to its subject ``(ndim, *S)``: scan warp then affine.
+        """Displacement from scan ``key`` to its subject ``(ndim, *S)``: scan warp then affine
+        (``inverse``: from the subject to the scan, the inverse affine then the inverse warp).
 
         ``None`` when the scan is the subject itself (neither ``smooth`` nor ``affine``).
         """
-        field = affine_to_ddf(self.affine(key)[None], self.shape)[0] if affine else None
+        field = None
+        if affine:
+            theta = self.affine(key)[None]
+            field = affine_to_ddf(affine_inverse(theta) if inverse else theta, self.shape)[0]
         if smooth:
-            warp_field = self.scan_field(key)
-            field = warp_field if field is None else _compose(field, warp_field)
+            warp_field = self.scan_field(key, inverse)
+            if field is None:
+                field = warp_field
+            else:
+                field = _compose(warp_field, field) if inverse else _compose(field, warp_field)
         return field
+
+    def true_field(
+        self,
+        split: int,
+        moving: tuple[int, Sequence[int]],
+        fixed: tuple[int, Sequence[int]],
+        smooth: bool = True,
+        moving_affine: bool = False,
+    ) -> torch.Tensor:
+        """The true displacement ``(ndim, *S)`` (voxels) of a pair of scans, from the fixed grid to
+        the moving one: ``warp(moving, field)`` shows the fixed scan's anatomy.
+
+        Args:
+            split: the split of both subjects.
+            moving, fixed: ``(subject, scan key)`` of each scan.
+            smooth: the scans have their per-scan warps.
+            moving_affine: the moving scan has its affine (fixed scans never do).
+
+        The fixed scan's warp, the fixed subject's anatomy, the moving subject's anatomy
+        inverted, the moving scan's affine and warp inverted; the anatomy cancels exactly within
+        one subject. Inverse warps are exp(-v) of the drawn velocities (no fixed-point iteration).
+        """
+        (m_subject, m_key), (f_subject, f_key) = moving, fixed
+        field = self.scan_to_subject(f_key, smooth)
+        if m_subject != f_subject:
+            across = _compose(
+                self.subject_field(split, m_subject, inverse=True),
+                self.subject_field(split, f_subject),
+            )
+            field = across if field is None else _compose(across, field)
+        back = self.scan_to_subject(m_key, smooth, moving_affine, inverse=True)
+        if back is not None:
+            field = back if field is None else _compose(back, field)
+        return torch.zeros((self.ndim, *self.shape)) if field is None else field
 
     def scan_transform(
         self,

@@ -35,10 +35,20 @@ BATCH_KEYS: dict[str, str] = {
     "moving_landmarks": "(B, N, ndim) float32 voxel coordinates in the moving image",
     "fixed_landmarks": "(B, N, ndim) float32 corresponding voxel coordinates in the fixed image",
     "spacing": "(B, ndim) float32 mm per voxel along each spatial axis",
+    "true_ddf": "(B, ndim, *S) float32 true displacement, fixed grid to moving (synthetic data)",
+    "true_affine": "(B, ndim, ndim + 1) float32 true affine part of it, centred voxel coordinates",
 }
 BATCH_IMAGE_KEYS = ("moving", "fixed")
-#: What instance optimisation and :meth:`RegistrationModel.objective` remove: label supervision.
-BATCH_LABEL_KEYS = ("moving_label", "fixed_label", "moving_labelled", "fixed_labelled")
+#: What instance optimisation and :meth:`RegistrationModel.objective` remove: supervision
+#: (label maps and the synthetic data's true transforms).
+BATCH_LABEL_KEYS = (
+    "moving_label",
+    "fixed_label",
+    "moving_labelled",
+    "fixed_labelled",
+    "true_ddf",
+    "true_affine",
+)
 
 
 @dataclass

@@ -4,7 +4,13 @@ Fields are ``(B, ndim, *spatial)`` displacements in voxel units; ``warped[x] = m
 Label maps are warped through :mod:`regzoo.labels` (``warp_labels``, ``one_hot``).
 """
 
-from .affine import affine_from_normalised, affine_to_ddf, affine_to_normalised, affine_to_physical
+from .affine import (
+    affine_from_normalised,
+    affine_inverse,
+    affine_to_ddf,
+    affine_to_normalised,
+    affine_to_physical,
+)
 from .bspline import bspline_kernel, bspline_to_ddf, control_grid_shape
 from .fields import (
     compose,
@@ -29,6 +35,7 @@ __all__ = [
     "jacobian_determinant",
     "jacobian_matrix",
     "affine_to_ddf",
+    "affine_inverse",
     "affine_to_normalised",
     "affine_from_normalised",
     "affine_to_physical",

@@ -13,7 +13,13 @@ import torch
 
 from .grid import identity_grid
 
-__all__ = ["affine_to_ddf", "affine_to_normalised", "affine_from_normalised", "affine_to_physical"]
+__all__ = [
+    "affine_to_ddf",
+    "affine_inverse",
+    "affine_to_normalised",
+    "affine_from_normalised",
+    "affine_to_physical",
+]
 
 
 def _centred_grid(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -33,6 +39,14 @@ def affine_to_ddf(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     a = theta[:, :, :ndim] - torch.eye(ndim, device=theta.device, dtype=theta.dtype)
     ddf = a @ x + theta[:, :, ndim:]
     return ddf.view(theta.shape[0], ndim, *shape)
+
+
+def affine_inverse(theta: torch.Tensor) -> torch.Tensor:
+    """The inverse transforms ``(B, ndim, ndim + 1)``: ``x -> A^-1 (x - b)`` for ``x -> A x + b``,
+    so that warping by one and then by the other is the identity."""
+    ndim = theta.shape[1]
+    inverse = torch.linalg.inv(theta[:, :, :ndim])
+    return torch.cat([inverse, -inverse @ theta[:, :, ndim:]], dim=2)
 
 
 def _scale(shape: Sequence[int], like: torch.Tensor, align_corners: bool) -> torch.Tensor:

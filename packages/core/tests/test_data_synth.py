@@ -286,3 +286,26 @@ def test_workers_regenerate_the_same_items() -> None:
         )
     other = list(make_loader(ds, StepSampler(len(ds), 4, seed=6, stop=2)))
     assert not all(torch.equal(a["moving"], b["moving"]) for a, b in zip(main, other))
+
+
+def _largest_displacement(ds: SynthDataset) -> torch.Tensor:
+    """Per pair, the largest true displacement (voxels)."""
+    return torch.tensor([float(ds[i]["true_ddf"].norm(dim=0).max()) for i in range(len(ds))])
+
+
+def test_large_preset_moves_every_pair_by_ten_voxels_or_more() -> None:
+    large = regzoo.build("dataset", {"name": "synth-large", "split": "test"})
+    assert (_largest_displacement(large) >= 10).all()
+    # the default set-up has pairs below that
+    assert (_largest_displacement(_synth(split="test")) < 10).any()
+
+
+def test_unaligned_preset_draws_rotations_shifts_and_scalings_in_its_ranges() -> None:
+    ds = regzoo.build("dataset", {"name": "synth-unaligned", "split": "test"})
+    drawn = affine_inverse(torch.stack([ds[i]["true_affine"] for i in range(len(ds))]))
+    matrix, shift = drawn[:, :, :2], drawn[:, :, 2]
+    scales = torch.linalg.svdvals(matrix)
+    assert scales.min() >= 0.9 - 1e-5 and scales.max() <= 1.1 + 1e-5
+    angles = torch.atan2(matrix[:, 1, 0], matrix[:, 0, 0]).rad2deg().abs()
+    assert angles.max() <= 15 + 1e-3 and angles.max() > 10
+    assert shift.abs().max() <= 0.1 * 64 + 1e-4 and shift.abs().max() > 3

@@ -333,3 +333,33 @@ def test_weights_file_loads_through_the_default_hook(tmp_path, layout):
     model = GlobalShift()
     load_weights(model, path)
     assert torch.equal(model.shift.detach(), state["shift"])
+
+
+def test_evaluation_summarises_each_metric_with_its_aggregate():
+    """TRE is summarised by its mean over pairs, success-auc by its area over all pairs."""
+    from regzoo.engine import evaluate
+    from regzoo.metrics import success_auc
+
+    class Shift(nn.Module):
+        def forward(self, batch):
+            ddf = torch.full((1, 2, 8, 8), 1.0)
+            return RegistrationOutput(warped=batch["moving"], ddf=ddf)
+
+    fixed_points = torch.tensor([[1.0, 1.0], [2.0, 5.0]])
+    data = [
+        {
+            "moving": torch.rand(1, 8, 8),
+            "fixed": torch.rand(1, 8, 8),
+            "fixed_landmarks": fixed_points,
+            "moving_landmarks": fixed_points + torch.tensor([1.0 + 3 * k, 1.0]),
+        }
+        for k in range(5)
+    ]
+    res = evaluate(Shift(), data, metrics=("tre", "success-auc"))
+    errors = [c["success-auc"] for c in res["cases"]]
+    assert errors == pytest.approx([3.0 * k for k in range(5)])
+    assert res["summary"]["tre"] == pytest.approx(6.0)
+    assert res["summary"]["success-auc"] == pytest.approx(success_auc(errors))
+    assert res["identity"]["success-auc"] == pytest.approx(
+        success_auc([c["before_success-auc"] for c in res["cases"]])
+    )

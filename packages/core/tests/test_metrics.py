@@ -20,6 +20,7 @@ from surface_distance import lookup_tables
 from surface_distance import metrics as sd
 
 import regzoo
+from regzoo.errors import ConfigError
 from regzoo.metrics import (
     dice_per_label,
     folding,
@@ -27,6 +28,7 @@ from regzoo.metrics import (
     landmark_errors,
     sdlogj,
     sdlogj_plain,
+    success_auc,
     summarize,
     surfel_area_table,
     tre,
@@ -308,6 +310,32 @@ def test_tre_samples_the_field_linearly(shape):
         spacing=torch.from_numpy(spacing)[None].float(),
     )
     assert value.item() == pytest.approx(ref.mean(), rel=1e-5)
+
+
+def test_success_auc_equals_a_direct_computation():
+    """Per pair the mean landmark error in voxels (spacing ignored); over the pairs the area
+    under the success rate (error below t) for t = 0, 1, ..., 25, normalised by 25."""
+    rng = np.random.default_rng(7)
+    errors = np.concatenate([rng.uniform(0, 40, 23), [math.nan, 0.0, 25.0, 3.0]])
+    rates = []
+    for t in range(26):
+        valid = [e for e in errors if not math.isnan(e)]
+        rates.append(sum(1 for e in valid if e < t) / len(valid))
+    area = sum((rates[i] + rates[i + 1]) / 2 for i in range(25)) / 25
+    metric = regzoo.build("metric", "success-auc")
+    assert metric.aggregate(errors.tolist()) == pytest.approx(area, rel=1e-12)
+    assert success_auc([0.0, 0.0]) == pytest.approx(24.5 / 25) and success_auc([30.0]) == 0.0
+    assert math.isnan(success_auc([math.nan]))
+    # per pair: the mean landmark error in voxels, whatever the spacing
+    shape = (20, 23)
+    ddf = smooth_field(shape, 3.0, 42).float()
+    fixed = torch.from_numpy(rng.uniform(0, 19, size=(1, 5, 2))).float()
+    moving = torch.from_numpy(rng.uniform(0, 19, size=(1, 5, 2))).float()
+    spacing = torch.tensor([[2.0, 3.0]])
+    value = metric(ddf=ddf, fixed_landmarks=fixed, moving_landmarks=moving, spacing=spacing)
+    torch.testing.assert_close(value, tre(ddf, fixed, moving))
+    with pytest.raises(ConfigError, match="success-auc"):
+        regzoo.build("metric", {"name": "success-auc", "step": 0})
 
 
 # --- summaries -----------------------------------------------------------------------------------

@@ -170,3 +170,22 @@ def test_plugin_imported_before_the_registry_loads_still_owns_its_entries(monkey
     assert status["zz-early"].entries == ["metric:fake-early-metric"]
     assert metric_registry.get("fake-early-metric").plugin == "regzoo-models-zz-early"
     assert metric_registry.get("dice").plugin == "regzoo"
+
+
+def test_variant_is_the_same_builder_with_other_defaults(scratch_kind):
+    @scratch_kind.register("base-loss", summary="x", tags=("2d",))
+    def base(window: int = 9, sizes=(1, 2)):
+        return {"window": window, "sizes": sizes}
+
+    entry = scratch_kind.variant("wide-loss", "base-loss", summary="wider", sizes=(4, 8))
+    assert entry.builder is base and entry.tags == ("2d",) and entry.summary == "wider"
+    assert dict(entry.default_config()) == {"window": 9, "sizes": [4, 8]}
+    assert regzoo.build("loss", {"name": "wide-loss", "window": 5}) == {
+        "window": 5,
+        "sizes": [4, 8],
+    }
+    assert dict(scratch_kind.get("base-loss").default_config())["sizes"] == [1, 2]
+    with pytest.raises(ValueError, match="no field windw"):
+        scratch_kind.variant("bad-loss", "base-loss", summary="x", windw=3)
+    with pytest.raises(ValueError, match="must be registered before"):
+        scratch_kind.variant("orphan-loss", "missing-loss", summary="x")

@@ -322,19 +322,36 @@ def _config_from_signature(builder: Callable[..., Any], name: str) -> type:
         if default is None and ftype is not Any:
             ftype = Optional[ftype]
         if default is inspect.Parameter.empty:
-            fields.append((p.name, ftype, field(default="???", metadata=meta)))
-        elif isinstance(default, (list, dict)):
-            fields.append(
-                (
-                    p.name,
-                    ftype,
-                    field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta),
-                )
-            )
-        else:
-            fields.append((p.name, ftype, field(default=default, metadata=meta)))
-    cls_name = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Config"
-    return dataclasses.make_dataclass(cls_name, fields)
+            default = "???"
+        fields.append((p.name, ftype, _field_default(default, meta)))
+    return dataclasses.make_dataclass(_config_name(name), fields)
+
+
+def _config_name(name: str) -> str:
+    """``"synth-large"`` -> ``"SynthLargeConfig"``."""
+    return "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Config"
+
+
+def _field_default(value: Any, metadata: Mapping[str, Any]) -> Any:
+    """A dataclass field holding ``value`` (lists and dicts through a copying factory)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, (list, dict)):
+        return field(default_factory=lambda v=value: copy.deepcopy(v), metadata=metadata)
+    return field(default=value, metadata=metadata)
+
+
+def _with_defaults(config: type, defaults: Mapping[str, Any], name: str) -> type:
+    """A subclass of the dataclass ``config`` whose fields in ``defaults`` default to new values."""
+    known = {f.name: f for f in dataclasses.fields(config)}
+    unknown = sorted(set(defaults) - set(known))
+    if unknown:
+        raise ValueError(f"{name!r}: {config.__name__} has no field {', '.join(unknown)}")
+    fields = [
+        (key, known[key].type, _field_default(value, known[key].metadata))
+        for key, value in defaults.items()
+    ]
+    return dataclasses.make_dataclass(_config_name(name), fields, bases=(config,))
 
 
 def _parameters(builder: Callable[..., Any]) -> list[inspect.Parameter]:
@@ -431,30 +448,20 @@ class Registry:
             raise ValueError(f"{self.kind} {name!r}: config= must be a dataclass, got {config!r}")
 
         def add(builder: Callable[..., Any]) -> Entry:
-            old = self._entries.get(name)
-            if old is not None and _qualname(old.builder) != _qualname(builder):
-                taken = f"{self.kind} {name!r} is already registered by {old.plugin}"
-                if _loading.status is None:
-                    raise ValueError(f"{taken} ({_qualname(old.builder)})")
-                # A plugin's clash fails that entry alone: its other entries stay usable.
-                _loading.status.rejected.append(f"{taken}; this plugin's one is ignored")
-                return old
-            entry = Entry(
-                kind=self.kind,
-                name=name,
-                builder=builder,
-                summary=summary,
-                paper=paper,
-                tags=tuple(tags),
-                config=config or _config_from_signature(builder, name),
-                presets=dict(presets or {}),
-                plugin=_loading.plugin or "regzoo",
-                target=target,
+            return self._add(
+                Entry(
+                    kind=self.kind,
+                    name=name,
+                    builder=builder,
+                    summary=summary,
+                    paper=paper,
+                    tags=tuple(tags),
+                    config=config or _config_from_signature(builder, name),
+                    presets=dict(presets or {}),
+                    plugin=_loading.plugin or "regzoo",
+                    target=target,
+                )
             )
-            self._entries[name] = entry
-            if _loading.status is not None:
-                _loading.status.entries.append(f"{self.kind}:{name}")
-            return entry
 
         if target is not None:
             if config is None:
@@ -470,6 +477,53 @@ class Registry:
             return builder
 
         return decorator
+
+    def variant(
+        self,
+        name: str,
+        of: str,
+        *,
+        summary: str,
+        tags: Iterable[str] | None = None,
+        **defaults: Any,
+    ) -> Entry:
+        """Register ``name``: the entry ``of`` under its own name, with other defaults.
+
+        One implementation, several named configurations, as timm's model variants:
+        ``get_registry("dataset").variant("synth-large", "synth", summary=..., deform_std=12.0)``.
+        ``of`` must be registered before (by the same package); its paper, presets and, unless
+        ``tags`` is given, tags carry over. A key that is not a field of its config is refused.
+        """
+        base = self._entries.get(of)
+        if base is None:
+            raise ValueError(f"{self.kind} {name!r}: {of!r} must be registered before its variant")
+        if name != name.lower() or " " in name or "_" in name:
+            raise ValueError(f"registry names are lowercase with dashes, got {name!r}")
+        return self._add(
+            dataclasses.replace(
+                base,
+                name=name,
+                summary=summary,
+                tags=base.tags if tags is None else tuple(tags),
+                config=_with_defaults(base.config, defaults, name),
+                plugin=_loading.plugin or "regzoo",
+            )
+        )
+
+    def _add(self, entry: Entry) -> Entry:
+        """Store ``entry``; a name taken by another builder fails (in a plugin: that entry only)."""
+        old = self._entries.get(entry.name)
+        if old is not None and _qualname(old.builder) != _qualname(entry.builder):
+            taken = f"{self.kind} {entry.name!r} is already registered by {old.plugin}"
+            if _loading.status is None:
+                raise ValueError(f"{taken} ({_qualname(old.builder)})")
+            # A plugin's clash fails that entry alone: its other entries stay usable.
+            _loading.status.rejected.append(f"{taken}; this plugin's one is ignored")
+            return old
+        self._entries[entry.name] = entry
+        if _loading.status is not None:
+            _loading.status.entries.append(f"{self.kind}:{entry.name}")
+        return entry
 
     def names(self, pattern: str = "*") -> list[str]:
         """Sorted names matching a glob ``pattern`` (``"transmorph*"``)."""

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..labels import LabelTable
-from ..registry import Paper, register_dataset
+from ..registry import Paper, get_registry, register_dataset
 from ..spatial import affine_inverse
 from .pairs import check_pairing, natural_length, pair_subjects, split_id
 from .synth import SynthMorphGenerator
@@ -263,3 +263,23 @@ class SynthDataset(Dataset):
                 if self.moving_affine:
                     item["true_affine"] = affine_inverse(gen.affine(m_key)[None])[0]
         return item
+
+
+# Named set-ups of the same generator, for methods made for hard pairs (cascades, pyramids, an
+# affine stage in front of a deformable one).
+get_registry("dataset").variant(
+    "synth-large",
+    "synth",
+    summary="synth with large warps: every pair moves some voxel by 10+ voxels (velocity std 12).",
+    deform_std=12.0,
+)
+get_registry("dataset").variant(
+    "synth-unaligned",
+    "synth",
+    summary="synth pairs not pre-aligned: moving scans rotated up to 15 deg, shifted up to 10% "
+    "of the size, scaled 0.9-1.1.",
+    deformation="affine+smooth",
+    max_rotation=15.0,
+    max_translation=0.1,
+    scale_range=[0.9, 1.1],
+)

@@ -100,6 +100,19 @@ def summarize_cases(cases: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, f
     return {k: summarize([float(c[k]) for c in cases if k in c]) for k in keys}
 
 
+def _figures(
+    summaries: Mapping[str, Mapping[str, float]],
+    cases: Sequence[Mapping[str, Any]],
+    metrics: Mapping[str, Any],
+) -> dict[str, float]:
+    """One figure per key: the mean, or for a metric its :meth:`~regzoo.metrics.Metric.aggregate`
+    of the cases' values (e.g. ``success-auc``, a figure of the whole set)."""
+    return {
+        k: metrics[k].aggregate([c[k] for c in cases if k in c]) if k in metrics else v["mean"]
+        for k, v in summaries.items()
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -114,8 +127,8 @@ def evaluate(
 
     ``overview`` names a PNG to draw the first pair into (:func:`render_overview`).
 
-    Returns a JSON-ready dict: ``summary`` and ``identity`` (means of each metric and
-    ``runtime_s``), ``spread`` (standard deviations and ``dice30`` of both), and ``cases``
+    Returns a JSON-ready dict: ``summary`` and ``identity`` (each metric's summary figure, its
+    mean over pairs for most, and the mean ``runtime_s``), ``spread`` (standard deviations and ``dice30`` of both), and ``cases``
     (per-pair values, ``before_``-prefixed for the identity). With ``dice`` and a dataset that
     has a ``label_table`` (its items hold table indices), ``dice_per_label`` gives the mean Dice of
     every non-zero label over the pairs (NaN where no pair has it), keyed by the original value.
@@ -180,8 +193,8 @@ def evaluate(
     ]
     trained, identity = summarize_cases(after_cases), summarize_cases(before_cases)
     result = {
-        "summary": {k: v["mean"] for k, v in trained.items()},
-        "identity": {k: v["mean"] for k, v in identity.items()},
+        "summary": _figures(trained, after_cases, built),
+        "identity": _figures(identity, before_cases, built),
         "spread": {"summary": trained, "identity": identity},
         "cases": cases,
     }

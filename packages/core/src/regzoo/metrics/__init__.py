@@ -13,6 +13,8 @@ Each registered metric is built from its config and called with keyword argument
 - ``sdlogj``: the scorer's ``std(log(clip(J + 3, 1e-9, 1e9)))`` over the interior;
   ``sdlogj-plain``: ``std(log(clip(J, 1e-9, 1e9)))``; ``folding``: fraction of J <= 0.
 - ``tre``: mean landmark error in mm.
+- ``success-auc``: per pair its mean landmark error in voxels; its summary (:meth:`Metric.aggregate`)
+  is the normalised area under the success-rate curve over all pairs (thresholds 0-25 voxels).
 
 The per-label functions (:func:`dice_per_label`, :func:`hd95_per_label`) and :func:`summarize`
 (mean, std, median, 30th percentile over cases) serve evaluation reports.
@@ -28,7 +30,7 @@ from .jacobian import (
     sdlogj,
     sdlogj_plain,
 )
-from .landmarks import TRE, landmark_errors, sample_field, tre
+from .landmarks import TRE, SuccessAUC, landmark_errors, sample_field, success_auc, tre
 from .overlap import (
     DiceMetric,
     Precision,
@@ -83,5 +85,7 @@ __all__ = [
     "landmark_errors",
     "tre",
     "TRE",
+    "success_auc",
+    "SuccessAUC",
     "summarize",
 ]

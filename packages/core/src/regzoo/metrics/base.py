@@ -6,16 +6,20 @@ and called with keyword arguments::
     metric(ddf=, warped_label=, fixed_label=, spacing=, fixed_landmarks=, moving_landmarks=)
 
 taking what it needs and ignoring the rest; it returns a float64 CPU tensor ``(B,)``, one value per
-case (NaN where the case has nothing to measure, e.g. no label present).
+case (NaN where the case has nothing to measure, e.g. no label present). Its :meth:`Metric.aggregate`
+turns the values of all cases into the one summary figure: their mean for most metrics, a
+figure over the whole set for others (``success-auc``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ..registry import Paper
+from .summary import summarize
 
 __all__ = ["Metric", "LEARN2REG_2023", "as_label_map", "spacing_of", "nanmean_rows"]
 
@@ -49,6 +53,10 @@ class Metric:
 
     def compute(self, **inputs: Any) -> torch.Tensor:
         raise NotImplementedError
+
+    def aggregate(self, values: Iterable[float]) -> float:
+        """The summary figure of the per-case values: their mean over non-NaN cases."""
+        return summarize(values)["mean"]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

@@ -1,16 +1,35 @@
-"""Target registration error of corresponding landmarks (Learn2Reg's TRE)."""
+"""Landmark errors: Learn2Reg's target registration error, and the success-rate AUC of fundus
+image registration (FIRE)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..registry import register_metric
+from ..errors import ConfigError
+from ..registry import Paper, register_metric
 from .base import LEARN2REG_2023, Metric, spacing_of
 
-__all__ = ["sample_field", "landmark_errors", "tre", "TRE"]
+__all__ = [
+    "sample_field",
+    "landmark_errors",
+    "tre",
+    "TRE",
+    "success_auc",
+    "SuccessAUC",
+    "FIRE_2017",
+]
+
+FIRE_2017 = Paper(
+    "C. Hernandez-Matas, X. Zabulis, A. Triantafyllou, P. Anyfanti, S. Douma, A. A. Argyros",
+    "FIRE: Fundus Image Registration Dataset",
+    "Journal for Modeling in Ophthalmology 1(4):16-28",
+    2017,
+    "https://doi.org/10.35119/maio.v1i4.42",
+)
 
 
 def sample_field(ddf: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -90,3 +109,60 @@ class TRE(Metric):
         **_: Any,
     ) -> torch.Tensor:
         return tre(ddf, fixed_landmarks, moving_landmarks, spacing)
+
+
+def success_auc(errors: Iterable[float], max_error: float = 25.0, step: float = 1.0) -> float:
+    """Area under the success-rate curve of a set of pairs, normalised to [0, 1].
+
+    A pair succeeds at threshold ``t`` when its error (mean landmark error, in voxels) is below
+    ``t``; the success rate is the fraction of pairs that succeed; the curve is sampled at
+    ``t = 0, step, ..., max_error`` and integrated with the trapezoidal rule, divided by
+    ``max_error``. Pairs with a NaN error are left out; with none left the result is NaN.
+    """
+    e = torch.as_tensor(list(errors), dtype=torch.float64).flatten()
+    e = e[~torch.isnan(e)]
+    if e.numel() == 0:
+        return float("nan")
+    thresholds = torch.arange(0.0, max_error + step / 2, step, dtype=torch.float64)
+    rate = (e[None, :] < thresholds[:, None]).double().mean(1)
+    return float(torch.trapezoid(rate, thresholds) / max_error)
+
+
+@register_metric(
+    "success-auc",
+    summary="Area under the success rate of pairs vs landmark-error threshold (0-25 px), in [0, 1].",
+    paper=FIRE_2017,
+    tags=("2d", "3d", "landmarks"),
+)
+class SuccessAUC(Metric):
+    """Per pair its mean landmark error in voxels (pixels), no spacing; summarised over all pairs
+    by :func:`success_auc` (thresholds ``0 .. max_error`` in steps of ``step`` voxels).
+
+    Args:
+        max_error: the largest threshold (voxels); FIRE's 25 px.
+        step: the threshold step (voxels).
+    """
+
+    requires = ("ddf", "fixed_landmarks", "moving_landmarks")
+    unit = "px"
+    higher_is_better = True
+
+    def __init__(self, max_error: float = 25.0, step: float = 1.0) -> None:
+        if max_error <= 0 or step <= 0:
+            raise ConfigError(
+                f"success-auc: max_error and step must be positive, got {max_error}, {step}"
+            )
+        self.max_error, self.step = float(max_error), float(step)
+
+    def compute(
+        self,
+        *,
+        ddf: torch.Tensor,
+        fixed_landmarks: torch.Tensor,
+        moving_landmarks: torch.Tensor,
+        **_: Any,
+    ) -> torch.Tensor:
+        return tre(ddf, fixed_landmarks, moving_landmarks, None)
+
+    def aggregate(self, values: Iterable[float]) -> float:
+        return success_auc(values, self.max_error, self.step)

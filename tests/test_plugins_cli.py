@@ -23,6 +23,7 @@ PACKAGES = (
     "regzoo_transmorph",
     "regzoo_istn",
     "regzoo_jssr",
+    "regzoo_diffusemorph",
     "regzoo_example",
 )
 

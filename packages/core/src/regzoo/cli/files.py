@@ -59,6 +59,25 @@ def _check_counts(iterations: int | None, samples: int) -> None:
         raise UserError(f"--samples must be 0 or more, got {samples}")
 
 
+def _check_trajectory(
+    steps: int | None, iterations: int | None, samples: int, learn2reg: bool
+) -> None:
+    """``--trajectory N``: N >= 1 states of the network's own registration (one pass)."""
+    if steps is None:
+        return
+    if steps < 1:
+        raise UserError(f"--trajectory must be 1 or more steps, got {steps}")
+    if learn2reg:
+        raise UserError("--trajectory writes a pair's folder; --learn2reg writes the field only")
+    if samples:
+        raise UserError("--trajectory follows one registration; it does not combine with --samples")
+    if iterations:
+        raise UserError(
+            "--trajectory shows the network's states, which instance optimisation does not "
+            "follow; give --iterations 0"
+        )
+
+
 def _pair_ndim(p) -> int:
     """2 or 3, from the headers of a pair's images (checked, data not read)."""
     from ..data.io import image_ndim
@@ -86,7 +105,7 @@ def _plan_outputs(todo: list, out: Path, names: list[Path], force: bool, resume:
     An output (a pair's folder, or a ``--learn2reg`` file) that exists is skipped with
     ``resume``, replaced with ``force`` (only a folder of regzoo's outputs), else refused.
     """
-    from ..engine.register import OUTPUT_NAMES
+    from ..engine.register import is_output_name
 
     if force and resume:
         raise UserError("give --force (replace outputs) or --resume (keep them), not both")
@@ -105,7 +124,7 @@ def _plan_outputs(todo: list, out: Path, names: list[Path], force: bool, resume:
         )
     for i in sorted(done) if force else ():
         if names[i].is_dir():
-            foreign = sorted(f.name for f in names[i].iterdir() if f.name not in OUTPUT_NAMES)
+            foreign = sorted(f.name for f in names[i].iterdir() if not is_output_name(f.name))
             if foreign:
                 raise UserError(
                     f"--force replaces {names[i]} as a whole, but it holds {foreign[0]}, "
@@ -202,6 +221,13 @@ def register_command(
     samples: Annotated[
         int, typer.Option("--samples", help="Monte-Carlo samples (sampling models).")
     ] = 0,
+    trajectory: Annotated[
+        Optional[int],
+        typer.Option(
+            "--trajectory",
+            help="Also write N intermediate states: ddf_stepNN.nii.gz and warped_trajectory.nii.gz.",
+        ),
+    ] = None,
     learn2reg: Annotated[
         bool, typer.Option("--learn2reg", help="Write disp_FIXED_MOVING.nii.gz only.")
     ] = False,
@@ -218,6 +244,7 @@ def register_command(
         load_pair,
         output_names,
         register_pair,
+        trajectory_of,
         write_outputs,
     )
     from ..engine.runtime import setup_runtime
@@ -233,6 +260,7 @@ def register_command(
     if lr is not None and not lr > 0:
         raise UserError(f"--lr must be a positive learning rate, got {lr}")
     _check_counts(iterations, samples)
+    _check_trajectory(trajectory, iterations, samples, learn2reg)
     for p in todo:
         _check_exists(p.moving, p.fixed, p.moving_seg, p.fixed_seg)
     if learn2reg:
@@ -257,6 +285,8 @@ def register_command(
     net, preprocessing = _load_model(model, weights, ndim)
     net = net.to(runtime.device).eval()
     steps = net.io_iterations if iterations is None else iterations
+    if trajectory is not None:  # the states of the network's own pass (checked above)
+        steps = 0
     report = []
     for i, (p, target) in enumerate(zip(todo, targets, strict=True)):
         entry = {"moving": str(p.moving), "fixed": str(p.fixed)}
@@ -268,12 +298,20 @@ def register_command(
         loaded = load_pair(p, preprocessing)
         result, history = register_pair(net, loaded, steps, samples, runtime.device, lr)
         check_result(p, result, net, 0 if samples else steps, lr)
+        states = None
+        if trajectory is not None:
+            states = trajectory_of(net, p, loaded, trajectory, runtime.device)
         try:
             if learn2reg:
                 written = write_outputs(out, loaded, result, target.name)
             else:
                 written = write_outputs(
-                    target, loaded, result, label_table=net.label_table, replace=force
+                    target,
+                    loaded,
+                    result,
+                    label_table=net.label_table,
+                    replace=force,
+                    trajectory=states,
                 )
         except OSError as err:
             raise _write_error(target, err) from None

@@ -27,6 +27,7 @@ Files are written through :func:`regzoo.atomic.atomic_path`: a reader never sees
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ __all__ = [
     "to_file_axes",
     "save_image",
     "save_ddf",
+    "save_series",
     "load_ddf",
 ]
 
@@ -329,6 +331,33 @@ def save_image(
     else:
         data = data.astype(np.float32)
     _write(to_file_axes(data, reference), reference, path, None)
+
+
+def save_series(arrays: Sequence[Any], reference: ImageInfo, path: str | os.PathLike) -> None:
+    """Write images on ``reference``'s canonical grid as one 4D image: a series along the fourth
+    (NIfTI time) axis, the spatial axes in the file's order with its header (2D images get
+    their singleton third axis).
+
+    Args:
+        arrays: ``T`` arrays ``(*S)`` or ``(1, *S)`` (tensors or arrays), ``S`` the reference's
+            canonical shape; written as float32.
+        reference: the image whose grid and header the output takes (the fixed image).
+        path: output file (``.nii.gz``).
+    """
+    frames = []
+    for array in arrays:
+        data = _to_numpy(array)
+        if data.ndim == reference.ndim + 1 and data.shape[0] == 1:
+            data = data[0]
+        if tuple(data.shape) != tuple(reference.shape):
+            raise DataError(
+                f"{path}: cannot write an array of shape {data.shape} into a series of "
+                f"{tuple(reference.shape)} images"
+            )
+        frames.append(data.astype(np.float32))
+    data = to_file_axes(np.stack(frames, axis=-1), reference)
+    spatial = data.shape[:-1] + (1,) * (3 - (data.ndim - 1))
+    _write(data.reshape(*spatial, len(frames)), reference, path, None)
 
 
 def save_ddf(ddf: Any, reference: ImageInfo, path: str | os.PathLike, affine: Any = None) -> None:

@@ -39,7 +39,7 @@ import torch
 from ..atomic import atomic_dir, atomic_path
 from ..data.files import ListedPairs, Scan
 from ..data.grid import resample, resample_field
-from ..data.io import ImageInfo, load_image, save_ddf, save_image, to_file_axes
+from ..data.io import ImageInfo, load_image, save_ddf, save_image, save_series, to_file_axes
 from ..data.preprocess import Preprocessing
 from ..errors import DataError, UserError
 from ..labels import LabelTable
@@ -49,8 +49,12 @@ from .instance import instance_optimise
 __all__ = [
     "PairFiles",
     "OUTPUT_NAMES",
+    "TRAJECTORY_SERIES",
+    "trajectory_field_name",
+    "is_output_name",
     "load_pair",
     "register_pair",
+    "trajectory_of",
     "check_result",
     "write_outputs",
     "output_names",
@@ -66,8 +70,24 @@ _OUTPUTS = (
     "moving_seg_pred",
     "fixed_seg_pred",
 )
-#: Every file :func:`write_outputs` may write into a pair's folder.
+#: Every file :func:`write_outputs` may write into a pair's folder, besides the trajectory's.
 OUTPUT_NAMES = tuple(f"{name}.nii.gz" for name in _OUTPUTS)
+#: The trajectory's files (``--trajectory N``): one field per state and the warped series.
+TRAJECTORY_SERIES = "warped_trajectory.nii.gz"
+_TRAJECTORY_FIELD = re.compile(r"ddf_step\d+\.nii\.gz")
+
+
+def trajectory_field_name(step: int, count: int) -> str:
+    """The file of state ``step`` (1-based) of ``count``: ``ddf_step<step>.nii.gz``, the number
+    zero-padded to the width of ``count`` (at least 2), so that the files sort in order."""
+    return f"ddf_step{step:0{max(2, len(str(count)))}d}.nii.gz"
+
+
+def is_output_name(name: str) -> bool:
+    """Whether ``name`` is a file :func:`write_outputs` writes into a pair's folder."""
+    return (
+        name in OUTPUT_NAMES or name == TRAJECTORY_SERIES or bool(_TRAJECTORY_FIELD.fullmatch(name))
+    )
 
 
 @dataclass
@@ -176,6 +196,32 @@ def register_pair(
     return instance_optimise(model, batch, iterations, lr)
 
 
+def trajectory_of(
+    model: RegistrationModel,
+    files: PairFiles,
+    pair: LoadedPair,
+    steps: int,
+    device: torch.device | str = "cpu",
+) -> list[torch.Tensor]:
+    """``steps`` states of the model's registration of a loaded pair, without gradients: its
+    :meth:`~regzoo.models.RegistrationModel.trajectory` hook (fields ``(1, ndim, *S)``, the last
+    the final ``ddf``; a model without intermediate states gives fewer).
+
+    Raises:
+        DataError: a state holds NaN or infinite values (nothing is written).
+    """
+    batch = {k: v.to(device) for k, v in pair.batch.items() if k not in BATCH_LABEL_KEYS}
+    with torch.no_grad():
+        fields = model.trajectory(batch, int(steps))
+    for i, u in enumerate(fields, 1):
+        if not torch.isfinite(u).all():
+            raise DataError(
+                f"{files.moving} -> {files.fixed}: trajectory state {i} holds NaN or "
+                "infinite values, nothing written"
+            )
+    return fields
+
+
 def check_result(
     files: PairFiles,
     out: RegistrationOutput,
@@ -282,8 +328,14 @@ def write_outputs(
     learn2reg: str | None = None,
     label_table: LabelTable | None = None,
     replace: bool = False,
+    trajectory: Sequence[torch.Tensor] | None = None,
 ) -> list[Path]:
     """Write a pair's results as the folder ``out_dir`` (complete or absent); returns the files.
+
+    ``trajectory`` (the model's :meth:`~regzoo.models.RegistrationModel.trajectory`, ``T`` fields
+    ``(1, ndim, *S)``) adds one ITK-readable field per state, ``ddf_step01.nii.gz`` ... (as
+    ``ddf.nii.gz``), and the moving image warped by each, as one 4D series
+    ``warped_trajectory.nii.gz`` (fourth axis: the states, in order).
 
     ``label_table`` (the model's) turns segmentation predictions into original label values;
     ``warped_seg`` keeps the moving label map's own values, whatever they are. ``replace`` lets
@@ -335,4 +387,12 @@ def write_outputs(
             else:  # the model's own outputs stay on the model grid
                 save_image(arrays[name], info, path, affine=pair.grid_affine)
             written.append(out_dir / f"{name}.nii.gz")
+        if trajectory:
+            fields = [pair.field_on_fixed(u.detach().float().cpu()[0]) for u in trajectory]
+            for step, u in enumerate(fields, 1):
+                name = trajectory_field_name(step, len(fields))
+                save_ddf(u, info, tmp / name)
+                written.append(out_dir / name)
+            save_series([pair.warp_moving(u) for u in fields], info, tmp / TRAJECTORY_SERIES)
+            written.append(out_dir / TRAJECTORY_SERIES)
     return written

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..labels import LabelTable, warp_label_probabilities
+from ..spatial import integrate_velocity, resize_field
 from .optim import Optimizers
 from .output import BATCH_LABEL_KEYS, RegistrationOutput
 
@@ -139,11 +140,35 @@ class RegistrationModel(nn.Module):
             f"--samples: model {type(self).__name__} does not sample (no Monte-Carlo variant)"
         )
 
-    def trajectory(self, batch: Batch) -> list[torch.Tensor]:
+    def trajectory(self, batch: Batch, steps: int | None = None) -> list[torch.Tensor]:
         """The intermediate transforms of the registration, as displacement fields.
 
         A list of ``(B, ndim, *S)`` fields in voxels, from the first intermediate state to the
-        final ``ddf`` (which the list ends with): one per cascade stage, iteration or integration
-        step for methods that have them. The default is the one-step trajectory ``[ddf]``.
+        final ``ddf`` (which the list ends with): one per cascade stage, iteration, integration or
+        interpolation step for methods that have them. ``steps`` asks for that many states where
+        the method can make any number (``regzoo register --trajectory N``); ``None``: the
+        method's own number.
+
+        The default: for a model whose output has a ``velocity``, ``exp(gamma v)`` (scaling and
+        squaring, :func:`~regzoo.spatial.integrate_velocity`, 7 squarings) for ``gamma`` in
+        ``linspace(0, 1, steps or 7)``, each resized to the image grid by the ratio of the
+        grids, the last state the output's ``ddf`` itself; otherwise the one-step trajectory
+        ``[ddf]``.
         """
-        return [self(batch).ddf]
+        if steps is not None and steps < 1:
+            raise UserError(f"--trajectory: the number of steps must be at least 1, got {steps}")
+        out = self(batch)
+        if out.velocity is None:
+            return [out.ddf]
+        count = 7 if steps is None else int(steps)
+        shape = tuple(out.ddf.shape[2:])
+        # one factor for every axis (a velocity at 1/downsize): its values scale by exactly that
+        ratios = {n / v for n, v in zip(shape, out.velocity.shape[2:])}
+        factor = ratios.pop() if len(ratios) == 1 else None
+        fields = []
+        for gamma in torch.linspace(0.0, 1.0, count).tolist()[:-1]:
+            u = integrate_velocity(gamma * out.velocity)
+            fields.append(
+                u if tuple(u.shape[2:]) == shape else resize_field(u, shape, factor=factor)
+            )
+        return fields + [out.ddf]

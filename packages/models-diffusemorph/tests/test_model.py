@@ -114,3 +114,14 @@ def test_bad_config_is_a_config_error():
         _model(padding="reflect")
     with pytest.raises(ConfigError, match="encoder_nc"):
         _model(encoder_nc=[8, 8])
+
+
+def test_presets_are_the_official_schedules():
+    from regzoo.config import resolve_config
+
+    three = resolve_config("diffusemorph", overrides=["preset=paper"])
+    assert (three.train.lr, three.train.batch_size) == (2e-4, 1)
+    two = resolve_config("diffusemorph-2d", overrides=["preset=paper"])
+    assert (two.train.lr, two.train.batch_size, two.model.loss_lambda) == (5e-6, 1, 2.0)
+    quick = resolve_config("diffusemorph")
+    assert quick.train.steps == 600 and quick.data.ndim == 2 and quick.model.ndim == 2

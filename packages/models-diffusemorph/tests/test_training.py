@@ -17,7 +17,6 @@ from regzoo.engine.trainer import build_dataset, train
 # train.seed 1
 SEED = 1
 GAIN = 0.1
-TRAJECTORY_PAIRS = 8
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +41,14 @@ def test_quick_preset_raises_held_out_dice(trained):
 
 @pytest.fixture(scope="module")
 def states(trained):
-    """Per held-out pair and per state of the 7-step trajectory: Dice to the fixed labels,
+    """Per held-out pair (all 16) and per state of the 7-step trajectory: Dice to the fixed labels,
     folding and mean |u|; and the one-pass Dice."""
     cfg, _, model = trained
     data = build_dataset(cfg, cfg.eval.split)
     metrics = {name: regzoo.build("metric", name) for name in ("dice", "folding")}
     dice, folding, size, one_pass = [], [], [], []
     with torch.no_grad():
-        for i, batch in enumerate(DataLoader(data, batch_size=1)):
-            if i == TRAJECTORY_PAIRS:
-                break
+        for batch in DataLoader(data, batch_size=1):
             fields = model.trajectory(batch)
             assert len(fields) == 7
             values = [evaluate_case(batch, u, metrics) for u in fields]
@@ -64,23 +61,22 @@ def states(trained):
 
 @pytest.mark.slow
 def test_trajectory_dice_rises_to_the_one_pass_value_without_folding(states):
-    """Over ``gamma = 0, 1/6, ..., 1`` on held-out pairs, the mean Dice to the fixed labels never
-    drops by more than 0.01 from one step to the next and ends at the one-pass value; folding
-    stays under 0.5% at every step of every pair."""
+    """Over ``gamma = 0, 1/6, ..., 1`` on the held-out pairs, Dice to the fixed labels never
+    drops by more than 0.01 from one state to the next (on every pair) and ends at the one-pass
+    value; folding, averaged over the pairs, stays under 0.5% at every state."""
     dice, folding, _, one_pass = states
     torch.testing.assert_close(dice[:, -1], one_pass)
-    mean = dice.mean(0)
-    assert (mean.diff() > -0.01).all(), mean
-    assert mean[-1] > mean[0], mean
-    assert folding.max() < 0.005, folding
+    assert (dice.diff(dim=1) > -0.01).all(), dice
+    assert dice.mean(0)[-1] > dice.mean(0)[0] + GAIN, dice.mean(0)
+    assert (folding.mean(0) < 0.005).all(), folding.mean(0)
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="measured after the quick preset: mean |u| at gamma 0 is about half its value at "
-    "gamma 1 (1.06 vs 1.95 voxels, train.seed 1), not under 10%: the deformation network predicts "
-    "a field from the moving image alone (README, 'What differs')",
+    "gamma 1 (1.05 vs 2.03 voxels, train.seed 1), not under 10%: the deformation network predicts "
+    "a field from the moving image alone (README, 'Measured')",
 )
 def test_trajectory_starts_near_the_identity(states):
     """Mean |u| at ``gamma = 0`` is below 10% of its value at ``gamma = 1``."""

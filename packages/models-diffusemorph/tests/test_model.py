@@ -56,6 +56,28 @@ def test_training_draws_a_step_and_noises_the_fixed_image():
     # the similarity compares the warped moving image mapped to [0, 1] with (f + 1) / 2
     lncc = regzoo.build("loss", {"name": "lncc", "window": 9})
     torch.testing.assert_close(terms["similarity"], lncc(warp((m + 1) / 2, out.ddf), (f + 1) / 2))
+    assert "anchor" not in terms  # the authors' loss has no anchor term
+
+
+def test_identity_anchor_pulls_the_zero_latent_field_to_the_identity():
+    """With ``identity_anchor`` w, training adds ``w * mean |G(m, 0)|^2``; inference is unchanged."""
+    model = _model(identity_anchor=0.5).train()
+    batch = tiny_batch(2, (32, 32))
+    calls = _spy(model.field_fn)
+    out = model(batch)
+    m = scale_intensities(batch["moving"])
+    (anchor_input,) = calls[1]
+    torch.testing.assert_close(anchor_input, torch.cat([m, torch.zeros_like(m)], 1))
+    terms = model.loss(batch, out)
+    zero_field = model.field_fn(anchor_input)
+    torch.testing.assert_close(terms["anchor"], zero_field.pow(2).sum(1).mean())
+    expected = terms["noise"] + 20.0 * (terms["similarity"] + terms["regularizer"])
+    torch.testing.assert_close(terms["loss"], expected + 0.5 * terms["anchor"])
+    calls.clear()
+    model.eval()(batch)
+    assert len(calls) == 1
+    with pytest.raises(ConfigError, match="identity_anchor"):
+        _model(identity_anchor=-1.0)
 
 
 def test_inference_is_one_pass_at_t0_with_the_fixed_image():

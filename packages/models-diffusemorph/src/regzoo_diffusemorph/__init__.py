@@ -40,7 +40,9 @@ class DiffuseMorphConfig:
     The arguments of :class:`~regzoo_diffusemorph.model.DiffuseMorph`. ``image_size`` is the
     configured in-plane size that decides where attention goes (no level of a 128 image has
     resolution 10: attention in the middle block only); ``padding`` is how the warp samples
-    outside the image (the authors' 3D warp pads with zeros). Nullable fields: ``similarity`` or
+    outside the image (the authors' 3D warp pads with zeros); ``identity_anchor`` (0 in the
+    authors' training) weighs a term that ties the trajectory's start to the identity. Nullable
+    fields: ``similarity`` or
     ``regularizer`` null: the objective has no such term; ``num_labels`` null: the classes of
     ``warped_label`` are those of the data's label table.
     """
@@ -70,6 +72,7 @@ class DiffuseMorphConfig:
         default_factory=lambda: {"name": "grad", "penalty": "l2"}
     )
     padding: str = "zeros"
+    identity_anchor: float = 0.0
     trajectory_steps: int = 7
     num_labels: Optional[int] = None
 
@@ -98,6 +101,7 @@ class DiffuseMorph2DConfig(DiffuseMorphConfig):
 _QUICK = {
     "train": {"steps": 600, "lr": 2e-3, "batch_size": 4},
     "data": {"ndim": 2, "size": 64},
+    "model": {"identity_anchor": 0.5},
 }
 # The wide 2D configuration on a CPU: a smoke run of a few minutes (about 3 s a step at 64x64),
 # too short to register; the README says so.

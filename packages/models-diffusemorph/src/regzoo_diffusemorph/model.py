@@ -12,6 +12,9 @@ image mapped back to [0, 1] (``(m + 1) / 2``).
 - Training draws ``t`` uniformly in ``0 .. T-1`` per pair and ``x_t = q(f, t)``; the loss is
   ``||eps - eps_hat||^2 + lambda (-LNCC_9((m+1)/2 o u, (f+1)/2) + Grad_l2(u))``.
 - Inference is one pass at ``t = 0`` with ``x_t = f``.
+- ``identity_anchor`` (0, the authors' training, by default) adds ``w * mean |G(m, 0)|^2``: the
+  deformation network given a zero latent is pulled to the identity, so that the trajectory starts
+  at the moving image (trained without it, the network predicts a field from ``m`` alone).
 - :meth:`DiffuseMorph.trajectory` evaluates the deformation network on ``concat(m, gamma
   eps_hat)`` for ``gamma`` in ``linspace(0, 1, steps)`` (the authors' sampling loop, 7 steps);
   ``gamma = 1`` is the registration.
@@ -82,6 +85,8 @@ class DiffuseMorph(RegistrationModel):
         similarity, regularizer: registered loss configs of the registration terms (LNCC window
             9, Grad l2); ``None`` leaves a term out.
         padding: ``"zeros"`` or ``"border"``: what the warp samples outside the image.
+        identity_anchor: weight of ``mean |G(m, 0)|^2`` (squared voxels), the deformation
+            network's field for a zero latent; 0 (the authors') leaves the term out.
         trajectory_steps: states of :meth:`trajectory` when no number is asked (7).
         num_labels: classes of ``warped_label``; ``None``: the data's label table.
 
@@ -111,12 +116,17 @@ class DiffuseMorph(RegistrationModel):
         similarity: Mapping[str, Any] | None = _DEFAULTS.similarity,
         regularizer: Mapping[str, Any] | None = _DEFAULTS.regularizer,
         padding: str = _DEFAULTS.padding,
+        identity_anchor: float = _DEFAULTS.identity_anchor,
         trajectory_steps: int = _DEFAULTS.trajectory_steps,
         num_labels: int | None = _DEFAULTS.num_labels,
     ) -> None:
         super().__init__()
         if padding not in ("zeros", "border"):
             raise ConfigError(f"diffusemorph: padding must be 'zeros' or 'border', got {padding!r}")
+        if identity_anchor < 0:
+            raise ConfigError(
+                f"diffusemorph: identity_anchor must be non-negative, got {identity_anchor}"
+            )
         if trajectory_steps < 1:
             raise ConfigError(
                 f"diffusemorph: trajectory_steps must be at least 1, got {trajectory_steps}"
@@ -148,6 +158,7 @@ class DiffuseMorph(RegistrationModel):
         self.ndim = ndim
         self.loss_lambda = float(loss_lambda)
         self.padding = padding
+        self.identity_anchor = float(identity_anchor)
         self.trajectory_steps = int(trajectory_steps)
         self.num_labels = num_labels
         self.registration = RegistrationLoss(
@@ -190,7 +201,8 @@ class DiffuseMorph(RegistrationModel):
         """``moving``, ``fixed`` ``(B, C, *S)`` to the output: ``ddf`` ``(B, ndim, *S)`` voxels,
         ``warped`` (the moving image in its own intensities), ``warped_label`` with labels, and
         ``extras``: ``latent`` (``eps_hat``, ``(B, C, *S)``), ``warped_scaled`` (the moving image
-        scaled to [0, 1] and warped, what the loss compares) and in training ``noise`` (``eps``).
+        scaled to [0, 1] and warped, what the loss compares) and in training ``noise`` (``eps``)
+        and, with ``identity_anchor``, ``anchor_ddf`` (the field for a zero latent).
         """
         moving, fixed = batch["moving"], batch["fixed"]
         m = scale_intensities(moving)
@@ -199,6 +211,9 @@ class DiffuseMorph(RegistrationModel):
         extras = {"latent": latent, "warped_scaled": warp((m + 1) / 2, ddf, padding=self.padding)}
         if noise is not None:
             extras["noise"] = noise
+            if self.identity_anchor > 0:
+                anchor = torch.cat([m, torch.zeros_like(latent)], dim=1)
+                extras["anchor_ddf"] = self.field_fn(anchor)
         return RegistrationOutput(
             warped=warp(moving, ddf, padding=self.padding),
             ddf=ddf,
@@ -210,7 +225,8 @@ class DiffuseMorph(RegistrationModel):
         """The authors' objective: ``noise`` (MSE of ``eps_hat`` to ``eps``, when the output was
         computed in training), ``similarity`` (LNCC of the scaled warped moving image and
         ``(f + 1) / 2``) and ``regularizer`` (Grad l2 of ``ddf``), the last two times
-        ``loss_lambda``; ``"loss"`` is the total."""
+        ``loss_lambda``, and with ``identity_anchor`` ``anchor`` (mean squared norm of the
+        zero-latent field, times the weight in the total); ``"loss"`` is the total."""
         fixed = (scale_intensities(batch["fixed"]) + 1) / 2
         scaled = RegistrationOutput(warped=out.extras["warped_scaled"], ddf=out.ddf)
         terms = self.registration({"fixed": fixed}, scaled)
@@ -218,6 +234,9 @@ class DiffuseMorph(RegistrationModel):
         if "noise" in out.extras:
             terms["noise"] = F.mse_loss(out.extras["latent"], out.extras["noise"])
             total = total + terms["noise"]
+        if "anchor_ddf" in out.extras:
+            terms["anchor"] = out.extras["anchor_ddf"].pow(2).sum(1).mean()
+            total = total + self.identity_anchor * terms["anchor"]
         terms["loss"] = total
         return terms
 

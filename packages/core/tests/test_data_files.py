@@ -394,6 +394,56 @@ def test_learn2reg_dataset_reads_the_json_layout(tmp_path: Path) -> None:
         regzoo.build("dataset", {"name": "learn2reg", "root": str(root), "split": "test"})
 
 
+def _dirlab(path: Path, points: np.ndarray) -> None:
+    """A DIR-Lab landmark file: ``x y z`` per row, 1-based voxel indices, tab-separated."""
+    path.write_text("".join("\t".join(f"{v:g}" for v in row + 1) + "\n" for row in points))
+
+
+def test_dirlab_landmark_files_are_read_beside_csv(tmp_path: Path) -> None:
+    """DIR-Lab's whitespace ``.txt`` (1-based) gives the same landmarks as Learn2Reg's 0-based
+    CSV, in the learn2reg layout and in both folder layouts."""
+    root = _learn2reg(tmp_path)
+    meta = json.loads((root / "OASIS_dataset.json").read_text())
+    for i, entry in ((4, meta["training"][3]), (5, meta["training"][4])):
+        points = np.loadtxt(root / "keypointsTr" / f"OASIS_{i:04d}_0000.csv", delimiter=",")
+        _dirlab(root / "keypointsTr" / f"OASIS_{i:04d}_0000_xyz.txt", points)
+        entry["keypoints"] = f"./keypointsTr/OASIS_{i:04d}_0000_xyz.txt"
+    (root / "OASIS_dataset.json").write_text(json.dumps(meta))
+    item = regzoo.build("dataset", {"name": "learn2reg", "root": str(root), "split": "val"})[0]
+    expected = torch.tensor([[1.0, 2.0, 3.0], [4.5, 5.0, 6.0]]) + 4
+    torch.testing.assert_close(item["fixed_landmarks"], expected)
+    torch.testing.assert_close(item["moving_landmarks"], expected + 1)
+
+    points = np.array([[1.0, 2.0, 3.0], [6.0, 4.0, 2.0]])
+    flat, nested = tmp_path / "flat", tmp_path / "nested"
+    for folder in (flat, nested / "images", nested / "landmarks"):
+        folder.mkdir(parents=True)
+    for i in range(2):
+        image, label = _blob((8, 8, 8), i)
+        _write_subject(flat, f"s{i}", image, label, np.eye(4))
+        _save(nested / "images" / f"s{i}.nii.gz", image, np.eye(4))
+        np.savetxt(flat / f"s{i}_landmarks.csv", points + i, delimiter=",")
+        _dirlab(nested / "landmarks" / f"s{i}.txt", points + i)
+    for root in (flat, nested):
+        ds = regzoo.build(
+            "dataset",
+            {"name": "folder", "root": str(root), "pairing": "all", "pad_multiple": None},
+        )
+        item = ds[0]  # s0 -> s1
+        torch.testing.assert_close(
+            item["moving_landmarks"], torch.tensor(points, dtype=torch.float32)
+        )
+        torch.testing.assert_close(
+            item["fixed_landmarks"], torch.tensor(points + 1, dtype=torch.float32)
+        )
+    (nested / "landmarks" / "s1.txt").write_text("1 2\n")
+    with pytest.raises(DataError, match="s1.txt: landmarks must be N rows of 3"):
+        regzoo.build(
+            "dataset",
+            {"name": "folder", "root": str(nested), "pairing": "all", "pad_multiple": None},
+        )[0]
+
+
 def test_learn2reg_checks_the_tensor_image_shape(tmp_path: Path) -> None:
     root = _learn2reg(tmp_path, shape=(8, 8, 9))
     val = regzoo.build("dataset", {"name": "learn2reg", "root": str(root), "split": "val"})

@@ -19,6 +19,7 @@ from regzoo.data.synth import (
     seeded_generator,
 )
 from regzoo.errors import ConfigError
+from regzoo.metrics import tre
 from regzoo.spatial import affine_inverse, affine_to_ddf, invert, jacobian_determinant, warp
 
 
@@ -309,3 +310,27 @@ def test_unaligned_preset_draws_rotations_shifts_and_scalings_in_its_ranges() ->
     angles = torch.atan2(matrix[:, 1, 0], matrix[:, 0, 0]).rad2deg().abs()
     assert angles.max() <= 15 + 1e-3 and angles.max() > 10
     assert shift.abs().max() <= 0.1 * 64 + 1e-4 and shift.abs().max() > 3
+
+
+def test_masks_and_landmarks_follow_the_labels_and_the_true_transform() -> None:
+    """Masks are the voxels of ``mask_labels``; fixed landmarks lie in the fixed mask and the
+    moving ones are where the true transform takes them: the true field has no landmark error,
+    the identity has."""
+    ds = _synth(split="test", mask_labels=[1, 2], landmarks=20)
+    item = ds[0]
+    for side in ("moving", "fixed"):
+        expected = (item[f"{side}_label"] == 1) | (item[f"{side}_label"] == 2)
+        assert item[f"{side}_mask"].dtype == torch.bool
+        assert torch.equal(item[f"{side}_mask"], expected)
+    points = item["fixed_landmarks"]
+    assert points.shape == (20, 2) and len({tuple(p) for p in points.tolist()}) == 20
+    assert item["fixed_mask"][0][tuple(points.long().T)].all()
+    assert torch.equal(ds[0]["fixed_landmarks"], points)  # seeded by the scan
+    ddf = item["true_ddf"][None]
+    fixed, moving = points[None], item["moving_landmarks"][None]
+    assert float(tre(ddf, fixed, moving)) < 1e-5
+    assert float(tre(torch.zeros_like(ddf), fixed, moving)) > 1.0
+    with pytest.raises(ConfigError, match="mask_labels"):
+        _synth(mask_labels=[9])
+    lung = regzoo.build("dataset", {"name": "synth-lung", "split": "test"})[0]
+    assert lung["fixed_landmarks"].shape == (100, 2) and lung["moving_mask"].any()

@@ -14,10 +14,11 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..labels import LabelTable
+from ..metrics.landmarks import sample_field
 from ..registry import Paper, get_registry, register_dataset
 from ..spatial import affine_inverse
 from .pairs import check_pairing, natural_length, pair_subjects, split_id
-from .synth import SynthMorphGenerator
+from .synth import SynthMorphGenerator, seeded_generator
 
 __all__ = ["SynthDataset", "SYNTHMORPH_2022", "DEFAULT_SUBJECTS", "DEFORMATIONS"]
 
@@ -95,7 +96,12 @@ class SynthDataset(Dataset):
     grid to the moving one in voxels (``warp(moving, true_ddf)`` shows the fixed anatomy), and,
     when the moving scans have an affine, ``true_affine`` ``(ndim, ndim + 1)``, its inverse (the
     affine part of the true transform, on centred voxel coordinates as
-    :func:`regzoo.spatial.affine_to_ddf` takes it).
+    :func:`regzoo.spatial.affine_to_ddf` takes it); with ``mask_labels``, ``moving_mask``,
+    ``fixed_mask`` ``(1, *S)`` bool (the voxels of those labels); with ``landmarks`` N > 0,
+    ``fixed_landmarks`` ``(N, ndim)`` float32 voxel positions drawn (seeded by the fixed scan)
+    among the fixed scan's mask voxels (without ``mask_labels``: its non-zero labels), and
+    ``moving_landmarks`` the same points moved by the true transform, ``p + true_ddf(p)``
+    (linear interpolation): the corresponding points in the moving image.
 
     Args:
         ndim: 2 or 3.
@@ -125,6 +131,9 @@ class SynthDataset(Dataset):
         scale_range: affine scaling range per axis.
         max_translation: affine translation range, a fraction of the size per axis.
         ground_truth: add ``true_ddf`` (and ``true_affine``) to every item.
+        mask_labels: labels whose voxels make the masks ``moving_mask``/``fixed_mask``; ``None``:
+            no masks.
+        landmarks: corresponding landmark pairs per item; 0: none.
         length: number of items; default from ``pairing`` (fixed scans) or 10000 (fresh).
         fresh: draw new scans for every item; default True for train, False otherwise.
         seed: the population (template, contrasts, subjects).
@@ -151,6 +160,8 @@ class SynthDataset(Dataset):
         scale_range: Sequence[float] = (0.8, 1.2),
         max_translation: float = 0.1,
         ground_truth: bool = True,
+        mask_labels: Sequence[int] | None = None,
+        landmarks: int = 0,
         length: int | None = None,
         fresh: bool | None = None,
         seed: int = 0,
@@ -174,6 +185,14 @@ class SynthDataset(Dataset):
         # per-scan warps for every scan, affines for moving scans only
         self.smooth, self.moving_affine = deformation != "affine", deformation != "smooth"
         self.ground_truth = bool(ground_truth)
+        if mask_labels is not None and not all(0 <= int(v) < num_labels for v in mask_labels):
+            raise ConfigError(
+                f"synth: mask_labels must be labels in [0, {num_labels}), got {list(mask_labels)}"
+            )
+        if landmarks < 0:
+            raise ConfigError(f"synth: landmarks must be 0 or more, got {landmarks}")
+        self.mask_labels = None if mask_labels is None else [int(v) for v in mask_labels]
+        self.landmarks = int(landmarks)
         self.fresh = split == "train" if fresh is None else bool(fresh)
         natural = natural_length(pairing, self.num_subjects)
         self.length = (
@@ -256,13 +275,37 @@ class SynthDataset(Dataset):
                 "fixed_label": fixed_label,
                 "spacing": torch.ones(self.ndim, dtype=torch.float32),
             }
-            if self.ground_truth:
-                item["true_ddf"] = gen.true_field(
+            if self.mask_labels is not None:
+                item["moving_mask"] = self._mask(moving_label)
+                item["fixed_mask"] = self._mask(fixed_label)
+            if self.ground_truth or self.landmarks:
+                true_ddf = gen.true_field(
                     self._split, (m, m_key), (f, f_key), self.smooth, self.moving_affine
                 )
+            if self.ground_truth:
+                item["true_ddf"] = true_ddf
                 if self.moving_affine:
                     item["true_affine"] = affine_inverse(gen.affine(m_key)[None])[0]
+            if self.landmarks:
+                inside = item["fixed_mask"] if self.mask_labels is not None else fixed_label != 0
+                points = self._landmark_points(inside[0], f_key)
+                item["fixed_landmarks"] = points
+                item["moving_landmarks"] = points + sample_field(true_ddf[None], points[None])[0]
         return item
+
+    def _mask(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.isin(labels, torch.tensor(self.mask_labels))
+
+    def _landmark_points(self, inside: torch.Tensor, key: tuple[int, ...]) -> torch.Tensor:
+        """``landmarks`` voxel positions ``(N, ndim)`` among the ``True`` voxels of ``inside``
+        (all voxels when it has none), drawn from the fixed scan's ``key``."""
+        candidates = inside.nonzero() if bool(inside.any()) else torch.ones_like(inside).nonzero()
+        g = seeded_generator(self.generator.seed, 9, *key)
+        if len(candidates) >= self.landmarks:
+            chosen = torch.randperm(len(candidates), generator=g)[: self.landmarks]
+        else:
+            chosen = torch.randint(len(candidates), (self.landmarks,), generator=g)
+        return candidates[chosen].float()
 
 
 # Named set-ups of the same generator, for methods made for hard pairs (cascades, pyramids, an
@@ -282,4 +325,15 @@ get_registry("dataset").variant(
     max_rotation=15.0,
     max_translation=0.1,
     scale_range=[0.9, 1.1],
+)
+get_registry("dataset").variant(
+    "synth-lung",
+    "synth",
+    summary="synth for lung-like registration: few large structures, masks of two of them "
+    "('lungs'), 100 landmark pairs from the true transform.",
+    num_labels=4,
+    label_scales=[8.0, 16.0],
+    deform_std=8.0,
+    mask_labels=[1, 2],
+    landmarks=100,
 )

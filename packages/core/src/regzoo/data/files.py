@@ -13,11 +13,16 @@ int64 indices into the dataset's ``label_table`` (:class:`regzoo.labels.LabelTab
 label values of every split) when the dataset has label maps (where some images lack one,
 missing maps are zeros and the flags ``moving_labelled``, ``fixed_labelled`` say which exist);
 ``moving_landmarks``, ``fixed_landmarks`` ``(N, ndim)``
-float32 model-grid voxels where both images have landmarks (Learn2Reg keypoints); ``spacing``
+float32 model-grid voxels where both images have landmarks; ``spacing``
 ``(ndim,)`` float32 mm of the model grid;
 ``fixed_affine`` ``(4, 4)`` float64 voxel-to-RAS of the model grid; ``moving_path``,
 ``fixed_path`` strings. To write results on the fixed file's grid, pass ``fixed_affine`` to
 :func:`regzoo.data.io.save_image` / :func:`~regzoo.data.io.save_ddf` with the fixed image's info.
+
+Landmark files (rows correspond between the two images of a pair): ``.csv``, comma-separated
+0-based voxel indices of the file's axes, one point per row (Learn2Reg keypoints); ``.txt``,
+whitespace-separated 1-based voxel indices ``x y z`` of the file's axes (DIR-Lab's landmark
+files, e.g. ``case1_300_T00_xyz.txt``).
 
 Items of different sizes do not collate into one batch: set ``size`` (or use batch size 1).
 """
@@ -68,7 +73,7 @@ LEARN2REG = Paper(
 
 @dataclass(frozen=True)
 class Scan:
-    """One image file, its optional label map and landmarks (CSV of voxel indices, one per row)."""
+    """One image file, its optional label map and landmark file (``.csv`` or DIR-Lab ``.txt``)."""
 
     image: str
     label: str | None = None
@@ -305,12 +310,19 @@ class ListedPairs(FilePairDataset):
         return "listed pairs"
 
 
+LANDMARK_EXTENSIONS = (".csv", ".txt")
+
+
 def _landmarks(path: str, info: ImageInfo, grid_affine: np.ndarray) -> torch.Tensor:
-    """Landmarks ``(N, ndim)`` float32 in voxels of the model grid, from a CSV of file voxel indices."""
+    """Landmarks ``(N, ndim)`` float32 in voxels of the model grid, from a landmark file of file
+    voxel indices: ``.csv`` 0-based, comma-separated; ``.txt`` (DIR-Lab) 1-based, whitespace."""
+    dirlab = path.endswith(".txt")
     try:
-        points = np.atleast_2d(np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2))
+        points = np.loadtxt(path, delimiter=None if dirlab else ",", dtype=np.float64, ndmin=2)
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: cannot read landmarks ({err})") from None
+    if dirlab:
+        points = points - 1.0
     file_ndim = len(info.file_shape)
     if points.shape[1] != file_ndim or not np.isfinite(points).all():
         raise DataError(f"{path}: landmarks must be N rows of {file_ndim} finite voxel indices")
@@ -322,13 +334,24 @@ def _landmarks(path: str, info: ImageInfo, grid_affine: np.ndarray) -> torch.Ten
     return torch.as_tensor(voxels[:, : info.ndim], dtype=torch.float32)
 
 
+def _landmark_file(stem: Path) -> str | None:
+    """``<stem>.csv`` or ``<stem>.txt``, the first that exists."""
+    found = (stem.with_name(stem.name + ext) for ext in LANDMARK_EXTENSIONS)
+    return next((str(p) for p in found if p.is_file()), None)
+
+
 def _scan_folder(folder: Path, label_suffix: str) -> list[Scan]:
-    """Scans of one folder: ``images/`` + ``labels/`` (same names), or flat with ``*<suffix>``."""
+    """Scans of one folder: ``images/`` + ``labels/`` + ``landmarks/`` (same stems), or flat with
+    ``*<suffix>`` label maps and ``*_landmarks`` files."""
     if (folder / "images").is_dir():
         names = sorted(n for n in os.listdir(folder / "images") if _is_image(n))
         labels = folder / "labels"
         return [
-            Scan(str(folder / "images" / n), str(labels / n) if (labels / n).is_file() else None)
+            Scan(
+                str(folder / "images" / n),
+                str(labels / n) if (labels / n).is_file() else None,
+                _landmark_file(folder / "landmarks" / _strip_extension(n)),
+            )
             for n in names
         ]
     names = sorted(n for n in os.listdir(folder) if _is_image(n) and (folder / n).is_file())
@@ -350,7 +373,7 @@ def _scan_folder(folder: Path, label_suffix: str) -> list[Scan]:
             if label_suffix
             else None
         )
-        scans.append(Scan(str(folder / name), label))
+        scans.append(Scan(str(folder / name), label, _landmark_file(folder / f"{stem}_landmarks")))
     return scans
 
 
@@ -365,8 +388,12 @@ class FolderDataset(FilePairDataset):
     Layout (per split folder, i.e. ``root/<split>/`` when it exists, else ``root`` for every
     split)::
 
-        root/images/a.nii.gz  root/labels/a.nii.gz       images + optional labels, same names
-        root/a.nii.gz         root/a_seg.nii.gz          or flat, labels named <image><suffix>
+        root/images/a.nii.gz  root/labels/a.nii.gz  root/landmarks/a.txt   images + optional
+                                                                            labels, landmarks
+        root/a.nii.gz  root/a_seg.nii.gz  root/a_landmarks.csv     or flat: <image><suffix>
+
+    Landmark files (optional, ``.csv`` or DIR-Lab ``.txt``: module docstring) give the items
+    ``moving_landmarks`` / ``fixed_landmarks`` when both images of a pair have one.
 
     Args:
         root: the folder.
@@ -465,7 +492,8 @@ class Learn2RegDataset(FilePairDataset):
 
     Label maps come from the ``label`` entry of an image in ``training``, or from ``labelsTr/``
     with the image's file name; every image is checked against ``tensorImageShape``. Keypoints
-    (a ``keypoints`` or ``landmarks`` CSV of voxel indices, one point per row) become
+    (a ``keypoints`` or ``landmarks`` file: a CSV of 0-based or a DIR-Lab ``.txt`` of 1-based
+    voxel indices, one point per row; module docstring) become
     ``moving_landmarks`` / ``fixed_landmarks`` ``(N, ndim)`` in model-grid voxels when both
     images of a pair have them (rows correspond, as in NLST).
 
@@ -538,8 +566,10 @@ class Learn2RegDataset(FilePairDataset):
             if isinstance(entry, dict) and "image" in entry:
                 image = self._path(entry["image"])
                 labels[image] = self._path(entry["label"]) if entry.get("label") else None
-                csv = entry.get("keypoints") or entry.get("landmarks")
-                points[image] = self._path(csv) if csv and csv.endswith(".csv") else None
+                found = entry.get("keypoints") or entry.get("landmarks")
+                points[image] = (
+                    self._path(found) if found and found.endswith(LANDMARK_EXTENSIONS) else None
+                )
         self._labels, self._points = labels, points
         if pairing == "paired":
             if not pairs_json and split == "train":

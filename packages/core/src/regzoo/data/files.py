@@ -59,7 +59,16 @@ __all__ = [
     "LEARN2REG",
 ]
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".mgz", ".mgh", ".img")
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".nii.gz",
+    ".nii",
+    ".mgz",
+    ".mgh",
+    ".img",
+    ".png",
+    ".jpg",
+    ".jpeg",
+)
 
 LEARN2REG = Paper(
     "Hering, Hansen, Mok, Chung, Siebert, et al.",
@@ -105,6 +114,8 @@ class FilePairDataset(Dataset):
         normalize, percentiles, clip, spacing, size, pad_multiple: the preprocessing
             (:class:`~regzoo.data.preprocess.Preprocessing`; ``normalize``: ``"percentile"``,
             ``"minmax"``, ``"zscore"`` or ``"none"``).
+        photo_channel: how colour photographs are read (``"gray"`` or ``"green"``;
+            :class:`~regzoo.data.preprocess.Preprocessing`).
         cache_size: number of preprocessed files kept in memory (per process).
         seed: seeds the random pairs and the augmentation's draws.
         augment: MONAI dictionary transforms applied to every item after preprocessing, e.g.
@@ -131,9 +142,10 @@ class FilePairDataset(Dataset):
         cache_size: int = 8,
         seed: int = 0,
         augment: list[dict[str, Any]] | None = None,
+        photo_channel: str = "gray",
     ) -> None:
         self.preprocessing = Preprocessing(
-            normalize, percentiles, clip, spacing, size, pad_multiple
+            normalize, percentiles, clip, spacing, size, pad_multiple, photo_channel
         )
         self.augment = build_augment(augment)
         self.split = split
@@ -399,7 +411,7 @@ class FolderDataset(FilePairDataset):
         root: the folder.
         label_suffix: suffix of label maps in a flat folder (``"_seg"``); ``""`` for none.
         split, pairing, atlas, length, normalize, percentiles, clip, spacing, size, pad_multiple,
-            cache_size, seed, augment: see :class:`FilePairDataset`.
+            cache_size, seed, augment, photo_channel: see :class:`FilePairDataset`.
     """
 
     def __init__(
@@ -419,6 +431,7 @@ class FolderDataset(FilePairDataset):
         cache_size: int = 8,
         seed: int = 0,
         augment: list[dict[str, Any]] | None = None,
+        photo_channel: str = "gray",
     ) -> None:
         super().__init__(
             split,
@@ -434,6 +447,7 @@ class FolderDataset(FilePairDataset):
             cache_size,
             seed,
             augment,
+            photo_channel,
         )
         base = Path(root)
         if not base.is_dir():
@@ -501,7 +515,7 @@ class Learn2RegDataset(FilePairDataset):
         root: the folder holding the json.
         json_file: the json's name (default: the single ``*dataset.json`` in ``root``).
         split, pairing, atlas, length, normalize, percentiles, clip, spacing, size, pad_multiple,
-            cache_size, seed, augment: see :class:`FilePairDataset`; ``pairing=None`` chooses as
+            cache_size, seed, augment, photo_channel: see :class:`FilePairDataset`; ``pairing=None`` chooses as
             above.
     """
 
@@ -522,6 +536,7 @@ class Learn2RegDataset(FilePairDataset):
         cache_size: int = 8,
         seed: int = 0,
         augment: list[dict[str, Any]] | None = None,
+        photo_channel: str = "gray",
     ) -> None:
         self.root = Path(root)
         self.json_path = self._find_json(json_file)
@@ -553,6 +568,7 @@ class Learn2RegDataset(FilePairDataset):
             cache_size,
             seed,
             augment,
+            photo_channel,
         )
         self.modalities: dict[str, str] = dict(meta.get("modality", {}))
         shapes = meta.get("tensorImageShape") or {}

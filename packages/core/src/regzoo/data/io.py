@@ -98,14 +98,45 @@ class ImageInfo:
         return grid_spacing(self.grid_affine, self.ndim)
 
 
-def _read(path: str | os.PathLike) -> Any:
+PHOTO_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+#: How a colour photograph becomes one channel: its luminance, or its green channel (the
+#: channel of best vessel contrast in fundus photographs).
+PHOTO_CHANNELS: tuple[str, ...] = ("gray", "green")
+
+
+def _read(path: str | os.PathLike, channel: str = "gray") -> Any:
     path = str(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
+    if path.lower().endswith(PHOTO_EXTENSIONS):
+        return _read_photo(path, channel)
     try:
         return nib.load(path)
     except Exception as err:  # nibabel raises many types for unreadable files
         raise DataError(f"{path}: cannot read as an image ({type(err).__name__}: {err})") from None
+
+
+def _read_photo(path: str, channel: str) -> nib.Nifti1Image:
+    """A PNG or JPEG photograph (read by Pillow) as a 2D image of 1 mm pixels: axis 0 the
+    columns (x), axis 1 the rows (y), so that a pixel ``(x, y)`` of image tools and control-point
+    files is voxel ``(x, y)``; a colour image gives its ``channel`` (:data:`PHOTO_CHANNELS`)."""
+    from PIL import Image
+
+    if channel not in PHOTO_CHANNELS:
+        raise DataError(f"{path}: photo channel must be one of {', '.join(PHOTO_CHANNELS)}")
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("1", "L", "I", "I;16", "F"):
+                data = np.asarray(img)
+            elif channel == "green":
+                data = np.asarray(img.convert("RGB"))[..., 1]
+            else:
+                data = np.asarray(img.convert("L"))
+    except Exception as err:  # Pillow raises many types for unreadable files
+        raise DataError(f"{path}: cannot read as an image ({type(err).__name__}: {err})") from None
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    return nib.Nifti1Image(np.ascontiguousarray(data.T), np.eye(4))
 
 
 def _check_affine(affine: np.ndarray, path: str) -> None:
@@ -167,8 +198,14 @@ def _canonical(
     return canonical, ornt, grid_affine, squeezed
 
 
-def load_image(path: str | os.PathLike, label: bool = False) -> tuple[np.ndarray, ImageInfo]:
+def load_image(
+    path: str | os.PathLike, label: bool = False, channel: str = "gray"
+) -> tuple[np.ndarray, ImageInfo]:
     """Read an image (or a label map with ``label=True``) in canonical RAS orientation.
+
+    NIfTI and the other formats nibabel reads; PNG and JPEG photographs through Pillow, 2D with
+    1 mm pixels, a colour photograph as its luminance or, with ``channel="green"``, its green
+    channel.
 
     Returns:
         ``(array, info)``: the array ``(*S)`` (float32 for images, int64 for label maps) with
@@ -180,7 +217,7 @@ def load_image(path: str | os.PathLike, label: bool = False) -> tuple[np.ndarray
             negative values; the message names the file.
     """
     path = str(path)
-    img = _read(path)
+    img = _read(path, channel)
     shape3 = _as_3d(img.shape, path)
     _check_affine(img.affine, path)
     try:

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import ConfigError
 from .grid import padded_grid, resample, rescaled_grid
-from .io import ImageInfo, load_image
+from .io import PHOTO_CHANNELS, ImageInfo, load_image
 
 __all__ = [
     "Preprocessing",
@@ -52,6 +52,7 @@ PREPROCESSING_KEYS: tuple[str, ...] = (
     "spacing",
     "size",
     "pad_multiple",
+    "photo_channel",
 )
 AUGMENT_KEYS: tuple[str, ...] = ("moving", "fixed", "moving_label", "fixed_label")
 
@@ -80,6 +81,8 @@ class Preprocessing:
         size: crop/pad the model grid to this size (centred), one value or one per axis.
         pad_multiple: without ``size``, pad each axis to a multiple of this (16 for a 4-level
             U-Net); None or 0 pads nothing.
+        photo_channel: how colour photographs (PNG, JPEG) are read: ``"gray"`` (luminance) or
+            ``"green"`` (the green channel, as for fundus photographs).
     """
 
     normalize: str = "percentile"
@@ -88,9 +91,15 @@ class Preprocessing:
     spacing: tuple[float, ...] | None = None
     size: tuple[int, ...] | None = None
     pad_multiple: int | None = 16
+    photo_channel: str = "gray"
     _transforms: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.photo_channel not in PHOTO_CHANNELS:
+            raise ConfigError(
+                f"data.photo_channel must be one of {', '.join(PHOTO_CHANNELS)}, "
+                f"got {self.photo_channel!r}"
+            )
         if self.normalize not in NORMALISATIONS:
             raise ConfigError(
                 f"data.normalize must be one of {', '.join(NORMALISATIONS)}, got {self.normalize!r}"
@@ -128,11 +137,13 @@ class Preprocessing:
         """The preprocessing a ``data`` config section records; None when it records none.
 
         A section records preprocessing when it holds every key of :data:`PREPROCESSING_KEYS`
-        (the file datasets' configs do; the synthetic dataset's does not).
+        (the file datasets' configs do; the synthetic dataset's does not); ``photo_channel``,
+        added later, defaults to ``"gray"`` for the configs of earlier runs.
         """
-        if data is None or not all(k in data for k in PREPROCESSING_KEYS):
+        recorded = [k for k in PREPROCESSING_KEYS if k != "photo_channel"]
+        if data is None or not all(k in data for k in recorded):
             return None
-        return cls(**{k: data[k] for k in PREPROCESSING_KEYS})
+        return cls(**{k: data[k] for k in PREPROCESSING_KEYS if k in data})
 
     def to_config(self) -> dict[str, Any]:
         """The ``data`` keys of this pipeline (lists, YAML-ready)."""
@@ -188,7 +199,7 @@ class Preprocessing:
 
     def read(self, path: str, label: bool = False) -> tuple[np.ndarray, ImageInfo]:
         """Steps 1 and 2: a file in canonical orientation, intensities preprocessed (not labels)."""
-        array, info = load_image(path, label=label)
+        array, info = load_image(path, label=label, channel=self.photo_channel)
         return (array if label else self.intensity(array)), info
 
     # -- geometry -------------------------------------------------------------------------------

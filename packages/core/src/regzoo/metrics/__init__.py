@@ -13,8 +13,9 @@ Each registered metric is built from its config and called with keyword argument
 - ``sdlogj``: the scorer's ``std(log(clip(J + 3, 1e-9, 1e9)))`` over the interior;
   ``sdlogj-plain``: ``std(log(clip(J, 1e-9, 1e9)))``; ``folding``: fraction of J <= 0.
 - ``tre``: mean landmark error in mm.
-- ``success-auc``: per pair its mean landmark error in voxels; its summary (:meth:`Metric.aggregate`)
-  is the normalised area under the success-rate curve over all pairs (thresholds 0-25 voxels).
+- ``success-auc``: per pair its mean landmark error in mm; its summary (:meth:`Metric.aggregate`)
+  is the normalised area under the success-rate curve over all pairs (thresholds 0-25 mm: pixels
+  of a photograph).
 
 The per-label functions (:func:`dice_per_label`, :func:`hd95_per_label`) and :func:`summarize`
 (mean, std, median, 30th percentile over cases) serve evaluation reports.

@@ -114,7 +114,7 @@ class TRE(Metric):
 def success_auc(errors: Iterable[float], max_error: float = 25.0, step: float = 1.0) -> float:
     """Area under the success-rate curve of a set of pairs, normalised to [0, 1].
 
-    A pair succeeds at threshold ``t`` when its error (mean landmark error, in voxels) is below
+    A pair succeeds at threshold ``t`` when its error (mean landmark error) is below
     ``t``; the success rate is the fraction of pairs that succeed; the curve is sampled at
     ``t = 0, step, ..., max_error`` and integrated with the trapezoidal rule, divided by
     ``max_error``. Pairs with a NaN error are left out; with none left the result is NaN.
@@ -130,21 +130,23 @@ def success_auc(errors: Iterable[float], max_error: float = 25.0, step: float = 
 
 @register_metric(
     "success-auc",
-    summary="Area under the success rate of pairs vs landmark-error threshold (0-25 px), in [0, 1].",
+    summary="Area under the success rate of pairs vs landmark-error threshold (0-25), in [0, 1].",
     paper=FIRE_2017,
     tags=("2d", "3d", "landmarks"),
 )
 class SuccessAUC(Metric):
-    """Per pair its mean landmark error in voxels (pixels), no spacing; summarised over all pairs
-    by :func:`success_auc` (thresholds ``0 .. max_error`` in steps of ``step`` voxels).
+    """Per pair its mean landmark error in mm (:func:`tre`); summarised over all pairs by
+    :func:`success_auc` (thresholds ``0 .. max_error`` in steps of ``step`` mm). Photographs are
+    read with 1 mm pixels, so on them the thresholds are pixels of the original photograph
+    (FIRE's 0-25 px), whatever grid the model runs on.
 
     Args:
-        max_error: the largest threshold (voxels); FIRE's 25 px.
-        step: the threshold step (voxels).
+        max_error: the largest threshold (mm); FIRE's 25 px.
+        step: the threshold step (mm).
     """
 
     requires = ("ddf", "fixed_landmarks", "moving_landmarks")
-    unit = "px"
+    unit = "mm"
     higher_is_better = True
 
     def __init__(self, max_error: float = 25.0, step: float = 1.0) -> None:
@@ -160,9 +162,10 @@ class SuccessAUC(Metric):
         ddf: torch.Tensor,
         fixed_landmarks: torch.Tensor,
         moving_landmarks: torch.Tensor,
+        spacing: torch.Tensor | None = None,
         **_: Any,
     ) -> torch.Tensor:
-        return tre(ddf, fixed_landmarks, moving_landmarks, None)
+        return tre(ddf, fixed_landmarks, moving_landmarks, spacing)
 
     def aggregate(self, values: Iterable[float]) -> float:
         return success_auc(values, self.max_error, self.step)

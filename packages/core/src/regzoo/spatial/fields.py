@@ -42,13 +42,15 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     return u
 
 
-def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+def compose(first: torch.Tensor, second: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
     """The field that applies ``first`` and then ``second`` to the already-warped image.
 
     ``warp(warp(m, first), second) ~= warp(m, compose(first, second))`` with
-    ``compose = second + warp(first, second)`` (RCN aggregates cascades this way).
+    ``compose = second + warp(first, second)`` (RCN aggregates cascades this way). ``padding``
+    (``"zeros"`` or ``"border"``) is how ``first`` is sampled outside the image: Dual-PRNet
+    composes its pyramid's fields with ``"border"``.
     """
-    return second + warp(first, second)
+    return second + warp(first, second, padding=padding)
 
 
 def resize_field(

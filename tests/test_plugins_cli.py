@@ -24,6 +24,7 @@ PACKAGES = (
     "regzoo_istn",
     "regzoo_jssr",
     "regzoo_diffusemorph",
+    "regzoo_dualprnet",
     "regzoo_example",
 )
 

@@ -111,8 +111,9 @@ _QUICK = {
     "data": {"name": "synth", "ndim": 2, "size": 64, "deform_std": 12.0},
     "model": {"ndim": 2},
 }
-# The conformance suite's inputs: four stride-2 stages need a multiple of 16 per axis.
-_TEST = {"size": {"2d": [32, 32], "3d": [16, 16, 16]}}
+# The conformance suite's inputs: four stride-2 stages need a multiple of 16 per axis, and the
+# Grad term a coarsest level of two voxels per axis (1/16 of the input in the MICCAI network).
+_TEST = {"size": {"2d": [32, 32], "3d": [32, 32, 32]}}
 
 register_model(
     "dual-prnet",

@@ -52,9 +52,9 @@ def _loop_correlation(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor
             y = [xi + di for xi, di in zip(x, d)]
             if all(0 <= yi < n for yi, n in zip(y, size)):
                 for n in range(b):
-                    out[(n, k, *x)] = sum(
-                        first[(n, ch, *x)] * second[(n, ch, *y)] for ch in range(c)
-                    ) / c
+                    out[(n, k, *x)] = (
+                        sum(first[(n, ch, *x)] * second[(n, ch, *y)] for ch in range(c)) / c
+                    )
     return out
 
 

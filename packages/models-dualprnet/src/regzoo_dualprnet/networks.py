@@ -34,6 +34,10 @@ def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
 
 
+def _bn(ndim: int, channels: int) -> nn.Module:
+    return norm_nd(ndim, "batch", channels)
+
+
 def _conv(ndim: int, cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Module:
     return conv_nd(ndim)(cin, cout, kernel_size=3, stride=stride, padding=1, bias=bias)
 
@@ -43,14 +47,11 @@ class _ResidualUnit(nn.Module):
 
     def __init__(self, ndim: int, channels: int) -> None:
         super().__init__()
-        def bn(c: int) -> nn.Module:
-            return norm_nd(ndim, "batch", c)
-
         self.block = nn.Sequential(
-            bn(channels),
+            _bn(ndim, channels),
             nn.ReLU(),
             _conv(ndim, channels, channels, bias=False),
-            bn(channels),
+            _bn(ndim, channels),
             nn.ReLU(),
             _conv(ndim, channels, channels, bias=False),
         )
@@ -74,18 +75,15 @@ class VoxResNet(nn.Module):
             raise ValueError(f"the resnet backbone takes 4 channel widths, got {list(channels)}")
         c1, c2, c3, c4 = channels
 
-        def bn(c: int) -> nn.Module:
-            return norm_nd(ndim, "batch", c)
-
         self.conv1_1 = nn.Sequential(
             _conv(ndim, in_channels, c1, stride=2, bias=False),
-            bn(c1),
+            _bn(ndim, c1),
             nn.ReLU(),
             _conv(ndim, c1, c1, bias=False),
         )
 
         def down(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(bn(cin), nn.ReLU(), _conv(ndim, cin, cout, stride=2))
+            return nn.Sequential(_bn(ndim, cin), nn.ReLU(), _conv(ndim, cin, cout, stride=2))
 
         self.conv1_2 = down(c1, c2)
         self.voxres2 = _ResidualUnit(ndim, c2)

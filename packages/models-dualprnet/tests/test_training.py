@@ -4,7 +4,7 @@ at one level, and better than single-scale VoxelMorph, at the same seed, data an
 
 Data: the embedded ``synth`` pairs, 2D 64x64, with ``deform_std=12`` voxels (each scan's velocity
 field draws its std in [0, 12]; identity Dice of the held-out pairs 0.325). Every model is trained
-with Adam (lr 1e-3, batch 2) from ``torch.manual_seed(SEED)`` on the same batches and scored by
+with Adam (lr 1e-3, batch 1, 1000 steps) from ``torch.manual_seed(SEED)`` on the same batches and scored by
 the held-out Dice (core's ``dice`` metric, labels warped nearest) in evaluation mode. Each margin
 is the README's measured figure for this seed less a stated tolerance (``CLAIMS``).
 """
@@ -24,12 +24,12 @@ pytestmark = pytest.mark.slow
 SIZE = 64
 DEFORM_STD = 12.0
 STEPS = 1000
-BATCH = 2
+BATCH = 1  # the official batch size
 LR = 1e-3
 SEED = 0
 TRAIN_PAIRS, TEST_PAIRS = 200, 16
 # The README's measured held-out Dice for this seed and budget.
-MEASURED = {"identity": 0.325, "dual-prnet-plus": 0.0, "one-level": 0.0, "voxelmorph": 0.0}
+MEASURED = {"identity": 0.325, "dual-prnet-plus": 0.455, "one-level": 0.359, "voxelmorph": 0.391}
 TOLERANCE = 0.01  # trained from scratch: arithmetic drifts between machines
 CLAIMS = {"over one level": 0.02, "over voxelmorph": 0.05}
 

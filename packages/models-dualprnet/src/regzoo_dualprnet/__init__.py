@@ -105,12 +105,17 @@ _PAPER = {
     "data": {"ndim": 3},
     "model": {"ndim": 3},
 }
-# A few CPU minutes on the embedded 2D 64x64 synthetic pairs with large deformations.
-_QUICK = {
-    "train": {"steps": 600, "lr": 1e-3, "batch_size": 4, "grad_clip": 10.0},
-    "data": {"name": "synth", "ndim": 2, "size": 64, "deform_std": 12.0},
-    "model": {"ndim": 2},
-}
+
+
+def _quick(steps: int) -> dict[str, Any]:
+    """A few CPU minutes on the embedded 2D 64x64 synthetic pairs with large deformations."""
+    return {
+        "train": {"steps": steps, "lr": 1e-3, "batch_size": 4, "grad_clip": 10.0},
+        "data": {"name": "synth", "ndim": 2, "size": 64, "deform_std": 12.0},
+        "model": {"ndim": 2},
+    }
+
+
 # The conformance suite's inputs: four stride-2 stages need a multiple of 16 per axis, and the
 # Grad term a coarsest level of two voxels per axis (1/16 of the input in the MICCAI network).
 _TEST = {"size": {"2d": [32, 32], "3d": [32, 32, 32]}}
@@ -122,7 +127,7 @@ register_model(
     tags=("2d", "3d", "unsupervised", "pyramid"),
     config=DualPRNetConfig,
     target="regzoo_dualprnet.model:DualPRNet",
-    presets={"quick": _QUICK, "paper": _PAPER, "test": _TEST},
+    presets={"quick": _quick(1500), "paper": _PAPER, "test": _TEST},
 )
 register_model(
     "dual-prnet-plus",
@@ -131,5 +136,5 @@ register_model(
     tags=("2d", "3d", "unsupervised", "pyramid"),
     config=DualPRNetPlusConfig,
     target="regzoo_dualprnet.model:DualPRNet",
-    presets={"quick": _QUICK, "paper": _PAPER, "test": _TEST},
+    presets={"quick": _quick(600), "paper": _PAPER, "test": _TEST},
 )

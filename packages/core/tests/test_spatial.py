@@ -197,6 +197,17 @@ def test_composed_field_equals_sequential_warps(shape):
     assert (sequential - warp(image, compose(second, first)))[inner].abs().max() > 3 * error
 
 
+def test_compose_border_padding():
+    """``padding="border"`` samples the first field at the nearest edge voxel where the second
+    leaves the image (Dual-PRNet's composition); zeros padding drops it there."""
+    first = torch.zeros(1, 2, 6, 6)
+    first[:, 0] = 1.5
+    second = torch.zeros(1, 2, 6, 6)
+    second[:, 1] = 10.0  # every point leaves the image along the last axis
+    torch.testing.assert_close(compose(first, second, padding="border"), first + second)
+    torch.testing.assert_close(compose(first, second), second)
+
+
 @pytest.mark.parametrize("shape", [(40, 40), (20, 20, 20)])
 def test_invert_solves_the_fixed_point_equation(shape):
     ndim = len(shape)

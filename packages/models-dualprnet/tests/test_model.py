@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import regzoo
+from regzoo.errors import ConfigError
 from regzoo_dualprnet.networks import Correlation
 
 MODELS = ("dual-prnet", "dual-prnet-plus")
@@ -121,6 +122,26 @@ def test_loss_sums_residual_terms():
     torch.testing.assert_close(terms["loss"], terms["similarity"] + expected)
 
 
-def test_bad_pyramid_levels():
-    with pytest.raises(ValueError, match="pyramid_levels"):
-        regzoo.create_model("dual-prnet", ndim=2, pyramid_levels=5)
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        ({"pyramid_levels": 5}, "model.pyramid_levels"),
+        ({"backbone": "unet"}, "model.backbone"),
+        ({"channels": [8, 16, 32]}, "model.channels"),
+        ({"head": "mlp"}, "model.head"),
+        ({"padding": "reflect"}, "model.padding"),
+    ],
+)
+def test_bad_config_names_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        regzoo.create_model("dual-prnet", ndim=2, **overrides)
+
+
+def test_other_sizes_run():
+    """Sizes that are not multiples of 16 run (upsampling goes to each finer level's size)."""
+    model = regzoo.create_model("dual-prnet-plus", ndim=2).eval()
+    g = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(1, 1, 40, 36, generator=g) for k in ("moving", "fixed")}
+    with torch.no_grad():
+        out = model(batch)
+    assert out.ddf.shape == (1, 2, 40, 36) and out.warped.shape == (1, 1, 40, 36)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from regzoo import build
+from regzoo.errors import ConfigError
 from regzoo.models import RegistrationModel, RegistrationOutput
 from regzoo.nn import conv_nd
 from regzoo.spatial import compose, resize_field, warp
@@ -33,10 +34,11 @@ _HEADS = ("conv", "correlation")
 
 
 def _to_size(ddf: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """``ddf`` resampled to ``size`` with its values in the new voxels (x2 for each halving)."""
+    """``ddf`` of a level resampled to the next finer level's ``size`` (or the image's): consecutive
+    sizes differ by one stride-2 convolution, so the values double."""
     if tuple(ddf.shape[2:]) == tuple(size):
         return ddf
-    return resize_field(ddf, size=size, factor=size[0] / ddf.shape[2])
+    return resize_field(ddf, size=size, factor=2.0)
 
 
 class DualPRNet(RegistrationModel):
@@ -55,7 +57,9 @@ class DualPRNet(RegistrationModel):
         reg_weight: weight of the summed regulariser terms.
         padding: ``"border"`` or ``"zeros"``, sampling outside the image.
 
-    Inputs: ``moving`` and ``fixed`` ``(B, C, *S)``, ``S`` a multiple of 16 per axis.
+    Inputs: ``moving`` and ``fixed`` ``(B, C, *S)``; sizes that are multiples of 16 per axis
+    reproduce the official network, which takes no other (each upsampling here goes to the size of
+    the finer level, so other sizes run too).
     """
 
     def __init__(
@@ -73,19 +77,25 @@ class DualPRNet(RegistrationModel):
         padding: str = _DEFAULTS.padding,
     ) -> None:
         super().__init__()
+        if ndim not in (2, 3):
+            raise ConfigError(f"model.ndim must be 2 or 3, got {ndim}")
         if backbone not in _BACKBONES:
-            raise ValueError(f"backbone must be one of {sorted(_BACKBONES)}, got {backbone!r}")
+            raise ConfigError(
+                f"model.backbone must be one of {sorted(_BACKBONES)}, got {backbone!r}"
+            )
         if head not in _HEADS:
-            raise ValueError(f"head must be one of {_HEADS}, got {head!r}")
+            raise ConfigError(f"model.head must be one of {_HEADS}, got {head!r}")
         if padding not in ("border", "zeros"):
-            raise ValueError(f"padding must be 'border' or 'zeros', got {padding!r}")
+            raise ConfigError(f"model.padding must be 'border' or 'zeros', got {padding!r}")
         self.ndim, self.padding = ndim, padding
         network = _BACKBONES[backbone](ndim, in_channels, channels)
         self.pyramid = network if fpn_dim is None else RefinePyramid(network, ndim, fpn_dim)
         widths = self.pyramid.out_channels
         levels = len(widths) if pyramid_levels is None else pyramid_levels
         if not 1 <= levels <= len(widths):
-            raise ValueError(f"pyramid_levels must be in 1..{len(widths)}, got {pyramid_levels}")
+            raise ConfigError(
+                f"model.pyramid_levels must be in 1..{len(widths)}, got {pyramid_levels}"
+            )
         self.levels = levels
         # offset[i]: the field head of the i-th level from the coarsest one used
         coarse_to_fine = list(reversed(widths[:levels]))

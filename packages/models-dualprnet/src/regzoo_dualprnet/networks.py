@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regzoo.errors import ConfigError
 from regzoo.nn import conv_nd, norm_nd
 
 __all__ = [
@@ -66,13 +67,15 @@ class VoxResNet(nn.Module):
     ``channels`` ``[c1, c2, c3, c4]``: a bias-free stride-2 convolution to ``c1`` then a
     convolution; each further stage is batch norm, ReLU, a stride-2 convolution and (from the
     second stage) two residual units. ``forward`` returns the four stage outputs, finest first, at
-    1/2, 1/4, 1/8 and 1/16 of the input size (a multiple of 16 per axis).
+    1/2, 1/4, 1/8 and 1/16 of the input size.
     """
 
     def __init__(self, ndim: int, in_channels: int, channels: Sequence[int]) -> None:
         super().__init__()
         if len(channels) != 4:
-            raise ValueError(f"the resnet backbone takes 4 channel widths, got {list(channels)}")
+            raise ConfigError(
+                f"model.channels: the resnet backbone takes 4 widths, got {list(channels)}"
+            )
         c1, c2, c3, c4 = channels
 
         self.conv1_1 = nn.Sequential(
@@ -116,13 +119,15 @@ class VoxNet(nn.Module):
     stride-2 convolutions (to ``c2``..``c5``), each with ReLU; the decoder upsamples x2, convolves
     and concatenates the encoder map of the same size, five times (the last without upsampling).
     ``forward`` returns the five decoder maps finest first: ``c1`` and ``c2`` channels at full
-    resolution, ``c3`` at 1/2, ``c4`` at 1/4, ``c5`` at 1/8 (input a multiple of 16 per axis).
+    resolution, ``c3`` at 1/2, ``c4`` at 1/4, ``c5`` at 1/8.
     """
 
     def __init__(self, ndim: int, in_channels: int, channels: Sequence[int]) -> None:
         super().__init__()
         if len(channels) != 5:
-            raise ValueError(f"the voxnet backbone takes 5 channel widths, got {list(channels)}")
+            raise ConfigError(
+                f"model.channels: the voxnet backbone takes 5 widths, got {list(channels)}"
+            )
         c1, c2, c3, c4, c5 = channels
         self.conv1_1 = _conv_relu(ndim, in_channels, c1, bias=False)
         self.conv1_2 = _conv_relu(ndim, c1, c2, stride=2)

@@ -111,7 +111,7 @@ def _quick(steps: int) -> dict[str, Any]:
     """A few CPU minutes on the embedded 2D 64x64 synthetic pairs with large deformations."""
     return {
         "train": {"steps": steps, "lr": 1e-3, "batch_size": 4, "grad_clip": 10.0},
-        "data": {"name": "synth", "ndim": 2, "size": 64, "deform_std": 12.0},
+        "data": {"name": "synth-large", "ndim": 2, "size": 64},
         "model": {"ndim": 2},
     }
 

@@ -134,8 +134,8 @@ def success_auc(errors: Iterable[float], max_error: float = 25.0, step: float = 
     paper=FIRE_2017,
     tags=("2d", "3d", "landmarks"),
 )
-class SuccessAUC(Metric):
-    """Per pair its mean landmark error in mm (:func:`tre`); summarised over all pairs by
+class SuccessAUC(TRE):
+    """Per pair its mean landmark error in mm (:class:`TRE`'s); summarised over all pairs by
     :func:`success_auc` (thresholds ``0 .. max_error`` in steps of ``step`` mm). Photographs are
     read with 1 mm pixels, so on them the thresholds are pixels of the original photograph
     (FIRE's 0-25 px), whatever grid the model runs on.
@@ -145,8 +145,6 @@ class SuccessAUC(Metric):
         step: the threshold step (mm).
     """
 
-    requires = ("ddf", "fixed_landmarks", "moving_landmarks")
-    unit = "mm"
     higher_is_better = True
 
     def __init__(self, max_error: float = 25.0, step: float = 1.0) -> None:
@@ -155,17 +153,6 @@ class SuccessAUC(Metric):
                 f"success-auc: max_error and step must be positive, got {max_error}, {step}"
             )
         self.max_error, self.step = float(max_error), float(step)
-
-    def compute(
-        self,
-        *,
-        ddf: torch.Tensor,
-        fixed_landmarks: torch.Tensor,
-        moving_landmarks: torch.Tensor,
-        spacing: torch.Tensor | None = None,
-        **_: Any,
-    ) -> torch.Tensor:
-        return tre(ddf, fixed_landmarks, moving_landmarks, spacing)
 
     def aggregate(self, values: Iterable[float]) -> float:
         return success_auc(values, self.max_error, self.step)

@@ -353,3 +353,66 @@ def test_summarize_follows_the_learn2reg_aggregates():
     assert summarize(list(values)) == out
     empty = summarize([math.nan])
     assert empty["n"] == 0 and math.isnan(empty["p30"])
+
+
+# --- per-region metrics --------------------------------------------------------------------------
+
+
+def _two_regions(shape=(16, 20)) -> torch.Tensor:
+    """Label 0 left of column 10, label 1 right of it: ``(1, 1, *shape)``."""
+    labels = torch.zeros(1, 1, *shape, dtype=torch.long)
+    labels[..., 10:] = 1
+    return labels
+
+
+def test_region_metrics_see_a_sliding_field_as_smooth_inside_and_torn_at_the_boundary():
+    """Two regions sliding against each other (a constant shift each, opposite directions): no
+    folding and no Grad energy inside the regions, where the whole-image measures see the tear;
+    boundary-error is the mean distance to the true field near the boundary."""
+    from regzoo.metrics import boundary_error, eroded_regions, region_folding, region_grad
+
+    labels = _two_regions()
+    sliding = torch.zeros(1, 2, 16, 20, dtype=torch.float64)
+    sliding[:, 0, :, :10], sliding[:, 0, :, 10:] = 3.0, -3.0  # along the boundary
+    assert float(region_folding(sliding, labels)) == 0.0
+    assert float(region_grad(sliding, labels)) == 0.0
+    grad = regzoo.build("loss", {"name": "grad"})
+    assert float(grad(sliding)) > 0
+    regions = eroded_regions(labels)
+    assert regions.shape == (1, 2, 16, 20)
+    assert not regions[0, 0, :, 9].any() and regions[0, 0, 1:-1, 1:9].all()
+    assert not regions[0, :, 0].any()  # the image border is outside every region
+    # a field with a known error: 1 voxel off on every voxel within 3 of the boundary, 2 elsewhere
+    error = torch.full((1, 2, 16, 20), 2.0, dtype=torch.float64)
+    error[:, 0, :, 6:14] = 1.0
+    error[:, 1] = 0.0
+    assert float(boundary_error(sliding + error, sliding, labels)) == pytest.approx(1.0)
+    value = regzoo.build("metric", "boundary-error")(
+        ddf=sliding + error, fixed_label=labels, true_ddf=sliding
+    )
+    assert float(value) == pytest.approx(1.0)
+
+
+def test_region_grad_and_folding_equal_a_direct_computation():
+    from regzoo.metrics import region_folding, region_grad
+    from regzoo.spatial import jacobian_determinant
+
+    labels = torch.from_numpy(
+        np.digitize(ndimage.gaussian_filter(np.random.default_rng(3).random((18, 22)), 3), [0.5])
+    )[None, None]
+    ddf = smooth_field((18, 22), 4.0, 5)
+    u = ddf[0].numpy()
+    jac = jacobian_determinant(ddf)[0].numpy()
+    folding_means, grad_means = [], []
+    for k in (0, 1):
+        region = labels[0, 0].numpy() == k
+        eroded = ndimage.binary_erosion(region, np.ones((3, 3)), border_value=0)
+        if not eroded.any():
+            continue
+        folding_means.append((jac[eroded] <= 0).mean())
+        energy = np.zeros((18, 22))
+        energy[:-1] += ((u[:, 1:] - u[:, :-1]) ** 2).mean(0)
+        energy[:, :-1] += ((u[:, :, 1:] - u[:, :, :-1]) ** 2).mean(0)
+        grad_means.append((energy / 2)[eroded].mean())
+    assert float(region_folding(ddf, labels)) == pytest.approx(np.mean(folding_means))
+    assert float(region_grad(ddf, labels)) == pytest.approx(np.mean(grad_means))

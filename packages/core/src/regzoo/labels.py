@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import DataError
 from .spatial.warp import warp
@@ -35,6 +36,7 @@ __all__ = [
     "one_hot",
     "warp_label_probabilities",
     "warp_labels",
+    "labels_around",
 ]
 
 BUDGET_ENV = "REGZOO_ONE_HOT_MAX_GB"
@@ -249,3 +251,14 @@ def warp_labels(
     else:
         warped = warp_label_probabilities(index, ddf, table.num_classes).argmax(1, keepdim=True)
     return table.decode(warped)
+
+
+def labels_around(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """How many labels each voxel's 3^ndim neighbourhood holds (itself included).
+
+    ``labels``: label indices ``(B, 1, *S)`` in ``0 .. num_classes-1``. Returns ``(B, 1, *S)``
+    int64: 1 inside a region, 2 or more on a boundary (3 or more: a junction).
+    """
+    maps = one_hot(labels, num_classes)
+    pool = F.max_pool2d if maps.dim() == 4 else F.max_pool3d
+    return pool(maps, 3, stride=1, padding=1).sum(1, keepdim=True).long()

@@ -65,6 +65,7 @@ def evaluate_case(
         "spacing": spacing,
         "fixed_landmarks": batch.get("fixed_landmarks"),
         "moving_landmarks": batch.get("moving_landmarks"),
+        "true_ddf": batch.get("true_ddf"),
     }
     out = {}
     for name, metric in metrics.items():

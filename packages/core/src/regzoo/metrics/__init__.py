@@ -16,6 +16,9 @@ Each registered metric is built from its config and called with keyword argument
 - ``success-auc``: per pair its mean landmark error in mm; its summary (:meth:`Metric.aggregate`)
   is the normalised area under the success-rate curve over all pairs (thresholds 0-25 mm: pixels
   of a photograph).
+- ``region-folding``, ``region-grad``: the folded fraction and the Grad-l2 energy inside each region
+  of the fixed label map eroded by one voxel, averaged over regions; ``boundary-error``: mean
+  distance in voxels to the true field (``true_ddf``) within 3 voxels of region boundaries.
 
 The per-label functions (:func:`dice_per_label`, :func:`hd95_per_label`) and :func:`summarize`
 (mean, std, median, 30th percentile over cases) serve evaluation reports.
@@ -41,6 +44,15 @@ from .overlap import (
     overlap_counts,
     precision_per_label,
     recall_per_label,
+)
+from .regions import (
+    BoundaryError,
+    RegionFolding,
+    RegionGrad,
+    boundary_error,
+    eroded_regions,
+    region_folding,
+    region_grad,
 )
 from .summary import summarize
 from .surface import (
@@ -89,4 +101,11 @@ __all__ = [
     "success_auc",
     "SuccessAUC",
     "summarize",
+    "eroded_regions",
+    "region_folding",
+    "region_grad",
+    "boundary_error",
+    "RegionFolding",
+    "RegionGrad",
+    "BoundaryError",
 ]

@@ -40,6 +40,21 @@ _ENCODER = (
 _LEVELS = sum(stride == 2 for _, _, stride in _ENCODER)
 
 
+def official_init(module: nn.Module) -> None:
+    """tflearn's ``uniform_scaling`` of the official code on every (transposed) convolution:
+    weights uniform in ``+-sqrt(3 / fan_in)`` (fan_in: kernel volume times input channels, the
+    output channels of a transposed convolution), biases zero. It keeps more of the signal through
+    the deep encoder than PyTorch's default (a third of the variance), without which the affine
+    stem barely learns."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            fan_in = m.weight[0].numel()
+            bound = math.sqrt(3.0 / fan_in)
+            nn.init.uniform_(m.weight, -bound, bound)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def _conv_lrelu(ndim: int, cin: int, cout: int, stride: int) -> nn.Sequential:
     """3x3(x3) convolution ("same" padding) with bias, then LeakyReLU 0.1."""
     return nn.Sequential(conv_nd(ndim)(cin, cout, 3, stride, 1), nn.LeakyReLU(LEAKY_SLOPE))
@@ -92,6 +107,7 @@ class AffineStem(nn.Module):
         width = 32 * channels
         self.conv7_W = conv_nd(ndim)(width, ndim * ndim, kernel, bias=False)
         self.conv7_b = conv_nd(ndim)(width, ndim, kernel, bias=False)
+        official_init(self)
         nn.init.zeros_(self.conv7_W.weight)
         nn.init.zeros_(self.conv7_b.weight)
 
@@ -183,6 +199,7 @@ class VTN(nn.Module):
             )
             cin = 2 * mult * channels + ndim
         self.upsamp1to0 = up(cin, ndim, 4, 2, 1, bias=False)
+        official_init(self)
         nn.init.normal_(self.upsamp1to0.weight, std=1e-5)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ PACKAGES = (
     "regzoo_jssr",
     "regzoo_diffusemorph",
     "regzoo_dualprnet",
+    "regzoo_rcn",
     "regzoo_example",
 )
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from regzoo import Paper, register_model
 
-__all__ = ["ZHAO_2019", "RCNConfig", "AffineDeformableConfig"]
+__all__ = ["ZHAO_2019", "RCNConfig", "AffineDeformableConfig", "SYNTH_LARGE", "SYNTH_UNALIGNED"]
 
 ZHAO_2019 = Paper(
     "Zhao, Dong, Chang, Xu",
@@ -71,7 +71,8 @@ class AffineDeformableConfig(RCNConfig):
     base: dict[str, Any] = field(default_factory=lambda: {"name": "vxm-unet"})
 
 
-# Data of the quick presets (2D 64x64 embedded synthetic pairs). Large deformations for rcn;
+# Quick presets: 600 steps on 2D 64x64 embedded synthetic pairs, at half the official widths
+# (VTN and stem c = 8) to fit a few CPU minutes. Large deformations for rcn;
 # pairs that are not pre-aligned (a random affine on top of the smooth warp) for affine-deformable.
 SYNTH_LARGE = {"name": "synth", "ndim": 2, "size": 64, "deform_std": 12.0}
 SYNTH_UNALIGNED = {
@@ -116,7 +117,7 @@ register_model(
         "quick": {
             "train": {"steps": 600, "lr": 1e-3, "batch_size": 4},
             "data": SYNTH_LARGE,
-            "model": {"size": 64},
+            "model": {"size": 64, "affine_channels": 8, "base": {"name": "vtn", "channels": 8}},
         },
         "paper": _PAPER,
         "paper-3d": _PAPER_3D,
@@ -134,7 +135,7 @@ register_model(
         "quick": {
             "train": {"steps": 600, "lr": 1e-3, "batch_size": 4},
             "data": SYNTH_UNALIGNED,
-            "model": {"size": 64},
+            "model": {"size": 64, "affine_channels": 8},
         },
         "paper": _PAPER,
         "paper-3d": _PAPER_3D,

@@ -1,6 +1,6 @@
 """What makes RCN that method, shown by short training runs (slow tier).
 
-2D 64x64 synthetic pairs (core ``synth``), fixed seeds, one thread; held-out Dice of the moving
+2D 64x64 synthetic pairs (core ``synth-large`` and ``synth-unaligned``), fixed seeds, one thread; held-out Dice of the moving
 label maps warped (nearest) by the model's field, background excluded. Each margin is the README's
 measured figure for these seeds less a stated tolerance (``MEASURED``, ``TOLERANCE``). Where a
 target margin does not hold within the CPU budget, the test of that target is a strict xfail naming the

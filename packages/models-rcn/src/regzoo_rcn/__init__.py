@@ -73,17 +73,10 @@ class AffineDeformableConfig(RCNConfig):
 
 # Quick presets: 600 steps on 2D 64x64 embedded synthetic pairs, at half the official widths
 # (VTN and stem c = 8) to fit a few CPU minutes. Large deformations for rcn;
-# pairs that are not pre-aligned (a random affine on top of the smooth warp) for affine-deformable.
-SYNTH_LARGE = {"name": "synth", "ndim": 2, "size": 64, "deform_std": 12.0}
-SYNTH_UNALIGNED = {
-    "name": "synth",
-    "ndim": 2,
-    "size": 64,
-    "deformation": "affine+smooth",
-    "max_rotation": 15.0,
-    "max_translation": 0.1,
-    "scale_range": [0.9, 1.1],
-}
+# pairs that are not pre-aligned (a random affine on top of the smooth warp) for affine-deformable:
+# core's synth-large and synth-unaligned.
+SYNTH_LARGE = {"name": "synth-large", "ndim": 2, "size": 64}
+SYNTH_UNALIGNED = {"name": "synth-unaligned", "ndim": 2, "size": 64}
 
 # The official schedule: Adam, batch 4, lr 1e-4, 5 "epochs" of 20,000 iterations. The official
 # learning rate is also halved for the 4th and quartered for the 5th epoch, which regzoo's

@@ -444,6 +444,43 @@ def test_dirlab_landmark_files_are_read_beside_csv(tmp_path: Path) -> None:
         )[0]
 
 
+def test_masks_come_with_their_images(tmp_path: Path) -> None:
+    """Masks (non-zero inside) reach the items as bool ``moving_mask``/``fixed_mask`` on the
+    model grid, in both folder layouts and from Learn2Reg's ``mask`` entries."""
+    flat, nested = tmp_path / "flat", tmp_path / "nested"
+    for folder in (flat, nested / "images", nested / "masks"):
+        folder.mkdir(parents=True)
+    masks = []
+    for i in range(2):
+        image, label = _blob((8, 8, 8), i)
+        mask = (label == 1).astype(np.uint8) * 3
+        masks.append(torch.from_numpy(mask != 0))
+        _write_subject(flat, f"s{i}", image, label, np.eye(4))
+        _save(flat / f"s{i}_mask.nii.gz", mask, np.eye(4))
+        _save(nested / "images" / f"s{i}.nii.gz", image, np.eye(4))
+        _save(nested / "masks" / f"s{i}.nii.gz", mask, np.eye(4))
+    for root in (flat, nested):
+        ds = regzoo.build(
+            "dataset", {"name": "folder", "root": str(root), "pairing": "all", "pad_multiple": None}
+        )
+        assert len(ds.scans) == 2  # the mask files are not images of their own
+        item = ds[0]  # s0 -> s1
+        assert item["moving_mask"].dtype == torch.bool
+        assert torch.equal(item["moving_mask"][0], masks[0])
+        assert torch.equal(item["fixed_mask"][0], masks[1])
+    root = _learn2reg(tmp_path)
+    (root / "masksTr").mkdir()
+    meta = json.loads((root / "OASIS_dataset.json").read_text())
+    for entry in meta["training"][3:]:
+        name = Path(entry["image"]).name
+        _save(root / "masksTr" / name, np.ones((8, 8, 8), np.uint8), np.eye(4))
+        entry["mask"] = f"./masksTr/{name}"
+    (root / "OASIS_dataset.json").write_text(json.dumps(meta))
+    item = regzoo.build("dataset", {"name": "learn2reg", "root": str(root), "split": "val"})[0]
+    assert item["fixed_mask"].shape == item["fixed"].shape  # padded 8 -> 16 with the images
+    assert int(item["fixed_mask"].sum()) == 8**3
+
+
 def test_learn2reg_checks_the_tensor_image_shape(tmp_path: Path) -> None:
     root = _learn2reg(tmp_path, shape=(8, 8, 9))
     val = regzoo.build("dataset", {"name": "learn2reg", "root": str(root), "split": "val"})

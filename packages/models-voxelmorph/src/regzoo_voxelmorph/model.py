@@ -32,10 +32,17 @@ N(0, 1e-10), bias -10) gives the log *variance* of the velocity, as in the offic
 official ``Miccai2018`` loss with weights 1 and 1; note that the official code scales the MSE by
 ``1 / sigma**2``, not by the ``1 / (2 sigma**2)`` of the likelihood written in the paper, and
 regzoo follows the code.
+
+Masks (``voxelmorph-lung``): with ``mask_inputs`` the network registers ``moving * moving_mask``
+and ``fixed * fixed_mask`` (the batch's masks, else those of the mask network, sigmoid > 0.5) and
+the similarity compares the masked images; ``mask_weight`` adds ``1 - Dice`` of the moving mask
+warped (linearly) and the fixed mask; ``mask_network`` is a separate ``vxm-unet`` with a
+one-channel head whose sigmoid is the mask, trained with ``1 - Dice`` against the batch's masks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +100,10 @@ class VoxelMorph(RegistrationModel):
             (:meth:`~regzoo.models.RegistrationModel.warp_moving_labels`).
         prior_lambda: precision of the KL prior added to the objective (probabilistic only;
             official 10; VoxelMorph-diff has no other regulariser).
+        mask_inputs: register the masked images (module docstring).
+        mask_network: ``vxm-unet`` widths (``enc_features``, ``dec_features``, ...) of the mask
+            network; ``None``: none.
+        mask_weight: weight of ``1 - Dice`` of the warped moving mask and the fixed mask.
 
     The defaults are ``voxelmorph``'s (:class:`regzoo_voxelmorph.VoxelMorphConfig`); a ``None``
     loss config leaves that term out of the objective.
@@ -117,6 +128,9 @@ class VoxelMorph(RegistrationModel):
         seg_resolution: int = _DEFAULTS.seg_resolution,
         num_labels: int | None = _DEFAULTS.num_labels,
         prior_lambda: float = _DEFAULTS.prior_lambda,
+        mask_inputs: bool = _DEFAULTS.mask_inputs,
+        mask_network: Mapping[str, Any] | None = _DEFAULTS.mask_network,
+        mask_weight: float = _DEFAULTS.mask_weight,
     ) -> None:
         super().__init__()
         if int(seg_resolution) != seg_resolution or seg_resolution < 1:
@@ -156,6 +170,17 @@ class VoxelMorph(RegistrationModel):
             bidirectional=bidir,
             seg_resolution=seg_resolution,
         )
+        self.mask_inputs = bool(mask_inputs)
+        self.mask_weight = float(mask_weight)
+        self.mask_net = None
+        if mask_network is not None:
+            backbone = {"name": "vxm-unet", **dict(mask_network)}
+            backbone.update(ndim=ndim, in_channels=in_channels)
+            unet = build("backbone", backbone)
+            head = conv_nd(ndim)(unet.out_channels, 1, 3, padding=1)
+            self.mask_net = nn.Sequential(unet, head)
+        if self.mask_net is not None or self.mask_weight:
+            self.mask_dice = build("loss", {"name": "dice", "complement": True})
 
     def _head(self, std: float, bias: float) -> nn.Module:
         conv = conv_nd(self.ndim)(self.unet_model.out_channels, self.ndim, 3, padding=1)
@@ -171,20 +196,31 @@ class VoxelMorph(RegistrationModel):
         ``warped_label`` (one-hot probabilities) is there when the batch has ``moving_label``;
         ``bidir`` adds ``inverse_ddf`` ``(B, ndim, *S)`` and ``extras["fixed_warped"]``
         ``(B, C, *S)``; probabilistic models add ``extras["flow_mean"]`` and
-        ``extras["flow_log_sigma"]``.
+        ``extras["flow_log_sigma"]``. With masks (the batch's ``moving_mask``/``fixed_mask`` or
+        the mask network's) ``extras`` holds them as float ``moving_mask``, ``fixed_mask``
+        ``(B, 1, *S)``, the mask network's ``moving_mask_logits``/``fixed_mask_logits``, and with
+        ``mask_inputs`` ``warped_masked`` and ``fixed_masked`` (what the similarity compares);
+        ``warped`` is always the whole moving image warped.
         """
         moving, fixed = batch["moving"], batch["fixed"]
         shape = moving.shape[2:]
-        features = self.unet_model(torch.cat([moving, fixed], dim=1))
+        extras, masks = self._masks(batch)
+        moving_in, fixed_in = moving, fixed
+        if self.mask_inputs and masks[0] is not None and masks[1] is not None:
+            moving_in, fixed_in = moving * masks[0], fixed * masks[1]
+        features = self.unet_model(torch.cat([moving_in, fixed_in], dim=1))
         params = self.flow(features)
-        extras = {}
         if self.probabilistic:
             log_sigma = self.flow_logsigma(features)
-            extras = {"flow_mean": params, "flow_log_sigma": log_sigma}
+            extras.update(flow_mean=params, flow_log_sigma=log_sigma)
             if self.training:
                 params = params + torch.exp(0.5 * log_sigma) * torch.randn_like(params)
         fields = self.transformer(params, shape)
         ddf = fields["ddf"]
+        if moving_in is not moving:
+            extras["warped_masked"], extras["fixed_masked"] = warp(moving_in, ddf), fixed_in
+        if masks[0] is not None:
+            extras["moving_mask"], extras["fixed_mask"] = masks
         inverse = None
         if self.bidir:
             inverse = self.transformer(-params, shape)["ddf"]
@@ -197,6 +233,26 @@ class VoxelMorph(RegistrationModel):
             warped_label=self.warp_moving_labels(batch, ddf, self.num_labels),
             extras=extras,
         )
+
+    def _masks(
+        self, batch: Batch
+    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """The mask network's logits (in ``extras``) and the masks ``(B, 1, *S)`` float of both
+        images: the batch's where it has them, else the network's (sigmoid > 0.5), else None."""
+        extras: dict[str, torch.Tensor] = {}
+        if self.mask_net is not None:
+            logits = self.mask_net(torch.cat([batch["moving"], batch["fixed"]], dim=0))
+            extras["moving_mask_logits"], extras["fixed_mask_logits"] = logits.chunk(2)
+        masks = []
+        for side in ("moving", "fixed"):
+            given = batch.get(f"{side}_mask")
+            if given is not None:
+                masks.append(given.to(batch[side].dtype))
+            elif self.mask_net is not None:
+                masks.append((extras[f"{side}_mask_logits"] > 0).to(batch[side].dtype))
+            else:
+                masks.append(None)
+        return extras, (masks[0], masks[1])
 
     def load_weights(self, state: Mapping[str, Any] | str | Path) -> None:
         """Load official or regzoo weights, strictly (regzoo's ``--weights FILE`` calls this).
@@ -232,9 +288,24 @@ class VoxelMorph(RegistrationModel):
         ``similarity_inverse``, warped fixed vs moving, 0.5), ``regularizer`` (``reg_weight``),
         ``segmentation`` (``seg_weight``, when the batch has both label maps; at
         ``seg_resolution``; :class:`~regzoo.models.RegistrationLoss`) and ``kl``
-        (probabilistic, weight 1). A term whose config is null is absent.
+        (probabilistic, weight 1); with masks ``mask_overlap`` (``mask_weight``) and, with a mask
+        network and the batch's masks, ``mask_segmentation`` (weight 1). A term whose config is
+        null is absent.
         """
-        terms = self.objective_terms(batch, out)
+        if "warped_masked" in out.extras:
+            masked = dataclasses.replace(out, warped=out.extras["warped_masked"])
+            terms = self.objective_terms({**batch, "fixed": out.extras["fixed_masked"]}, masked)
+        else:
+            terms = self.objective_terms(batch, out)
+        if self.mask_weight and "moving_mask" in out.extras:
+            warped_mask = warp(out.extras["moving_mask"], out.ddf)
+            terms["mask_overlap"] = self.mask_dice(warped_mask, out.extras["fixed_mask"])
+            terms["loss"] = terms["loss"] + self.mask_weight * terms["mask_overlap"]
+        if self.mask_net is not None and "moving_mask" in batch and "fixed_mask" in batch:
+            logits = torch.cat([out.extras["moving_mask_logits"], out.extras["fixed_mask_logits"]])
+            target = torch.cat([batch["moving_mask"], batch["fixed_mask"]]).to(logits.dtype)
+            terms["mask_segmentation"] = self.mask_dice(torch.sigmoid(logits), target)
+            terms["loss"] = terms["loss"] + terms["mask_segmentation"]
         if self.probabilistic:
             terms["kl"] = self.kl(out.extras["flow_mean"], out.extras["flow_log_sigma"])
             terms["loss"] = terms["loss"] + terms["kl"]

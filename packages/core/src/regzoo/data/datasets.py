@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..labels import LabelTable
+from ..labels import LabelTable, labels_around
 from ..metrics.landmarks import sample_field
 from ..registry import Paper, get_registry, register_dataset
 from ..spatial import affine_inverse
@@ -99,7 +99,9 @@ class SynthDataset(Dataset):
     :func:`regzoo.spatial.affine_to_ddf` takes it); with ``mask_labels``, ``moving_mask``,
     ``fixed_mask`` ``(1, *S)`` bool (the voxels of those labels); with ``landmarks`` N > 0,
     ``fixed_landmarks`` ``(N, ndim)`` float32 voxel positions drawn (seeded by the fixed scan)
-    among the fixed scan's mask voxels (without ``mask_labels``: its non-zero labels), and
+    among the label junctions of the fixed scan's mask (voxels whose neighbourhood holds three
+    labels or more, as vessel bifurcations in lung CT; without ``mask_labels``: of its non-zero
+    labels; where too few, label boundaries, then any voxel of the mask), and
     ``moving_landmarks`` the same points moved by the true transform, ``p + true_ddf(p)``
     (linear interpolation): the corresponding points in the moving image.
 
@@ -288,7 +290,7 @@ class SynthDataset(Dataset):
                     item["true_affine"] = affine_inverse(gen.affine(m_key)[None])[0]
             if self.landmarks:
                 inside = item["fixed_mask"] if self.mask_labels is not None else fixed_label != 0
-                points = self._landmark_points(inside[0], f_key)
+                points = self._landmark_points(fixed_label[0], inside[0], f_key)
                 item["fixed_landmarks"] = points
                 item["moving_landmarks"] = points + sample_field(true_ddf[None], points[None])[0]
         return item
@@ -296,10 +298,18 @@ class SynthDataset(Dataset):
     def _mask(self, labels: torch.Tensor) -> torch.Tensor:
         return torch.isin(labels, torch.tensor(self.mask_labels))
 
-    def _landmark_points(self, inside: torch.Tensor, key: tuple[int, ...]) -> torch.Tensor:
-        """``landmarks`` voxel positions ``(N, ndim)`` among the ``True`` voxels of ``inside``
-        (all voxels when it has none), drawn from the fixed scan's ``key``."""
-        candidates = inside.nonzero() if bool(inside.any()) else torch.ones_like(inside).nonzero()
+    def _landmark_points(
+        self, labels: torch.Tensor, inside: torch.Tensor, key: tuple[int, ...]
+    ) -> torch.Tensor:
+        """``landmarks`` voxel positions ``(N, ndim)``, drawn from the fixed scan's ``key``: label
+        junctions (3+ labels among the voxel's 3^ndim neighbours) in ``inside``; where fewer than
+        N, label boundaries (2+), then every voxel of ``inside`` (of the image, if empty)."""
+        count = labels_around(labels[None, None], self.num_labels)[0, 0]
+        for least in (3, 2, 1):
+            region = inside & (count >= least)
+            if int(region.sum()) >= self.landmarks:
+                break
+        candidates = region.nonzero() if bool(region.any()) else torch.ones_like(inside).nonzero()
         g = seeded_generator(self.generator.seed, 9, *key)
         if len(candidates) >= self.landmarks:
             chosen = torch.randperm(len(candidates), generator=g)[: self.landmarks]

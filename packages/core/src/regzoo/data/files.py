@@ -13,7 +13,8 @@ int64 indices into the dataset's ``label_table`` (:class:`regzoo.labels.LabelTab
 label values of every split) when the dataset has label maps (where some images lack one,
 missing maps are zeros and the flags ``moving_labelled``, ``fixed_labelled`` say which exist);
 ``moving_landmarks``, ``fixed_landmarks`` ``(N, ndim)``
-float32 model-grid voxels where both images have landmarks; ``spacing``
+float32 model-grid voxels where both images have landmarks; ``moving_mask``, ``fixed_mask``
+``(1, *S)`` bool where both images have masks (nearest-neighbour onto the model grid); ``spacing``
 ``(ndim,)`` float32 mm of the model grid;
 ``fixed_affine`` ``(4, 4)`` float64 voxel-to-RAS of the model grid; ``moving_path``,
 ``fixed_path`` strings. To write results on the fixed file's grid, pass ``fixed_affine`` to
@@ -82,11 +83,13 @@ LEARN2REG = Paper(
 
 @dataclass(frozen=True)
 class Scan:
-    """One image file, its optional label map and landmark file (``.csv`` or DIR-Lab ``.txt``)."""
+    """One image file, its optional label map, landmark file (``.csv`` or DIR-Lab ``.txt``) and
+    mask (an image whose non-zero voxels are the region to register, e.g. the lungs)."""
 
     image: str
     label: str | None = None
     landmarks: str | None = None
+    mask: str | None = None
 
 
 def _strip_extension(name: str) -> str:
@@ -244,18 +247,20 @@ class FilePairDataset(Dataset):
         image, info = self._load(scan.image, False)
         if scan.label is None:
             return image, info, None
-        label, linfo = self._load(scan.label, True)
-        label = self.label_table.encode(label, scan.label)
-        if linfo.shape != info.shape:
+        label = self._load_on(scan.label, scan.image, info, "label map")
+        return image, info, self.label_table.encode(label, scan.label)
+
+    def _load_on(self, path: str, image: str, info: ImageInfo, what: str) -> np.ndarray:
+        """A label map or mask (integers) that must lie on its image's grid."""
+        array, other = self._load(path, True)
+        if other.shape != info.shape:
             raise DataError(
-                f"{scan.label}: label map shape {linfo.file_shape} does not match its image "
-                f"{scan.image} of shape {info.file_shape}"
+                f"{path}: {what} shape {other.file_shape} does not match its image "
+                f"{image} of shape {info.file_shape}"
             )
-        if not np.allclose(linfo.grid_affine, info.grid_affine, atol=1e-3):
-            raise DataError(
-                f"{scan.label}: label map lies on another grid (affine) than its image {scan.image}"
-            )
-        return image, info, label
+        if not np.allclose(other.grid_affine, info.grid_affine, atol=1e-3):
+            raise DataError(f"{path}: {what} lies on another grid (affine) than its image {image}")
+        return array
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -self.length <= index < self.length:
@@ -273,8 +278,15 @@ class FilePairDataset(Dataset):
             arrays["moving_label"] = (moving_label, minfo)
         if fixed_label is not None:
             arrays["fixed_label"] = (fixed_label, finfo)
+        if moving_scan.mask and fixed_scan.mask:
+            for key, scan, info in (("moving", moving_scan, minfo), ("fixed", fixed_scan, finfo)):
+                mask = self._load_on(scan.mask, scan.image, info, "mask") != 0
+                arrays[f"{key}_mask"] = (mask.astype(np.int64), info)
         item: dict[str, Any]
         item, affine = self.preprocessing.onto_model_grid(arrays, finfo)
+        for key in ("moving_mask", "fixed_mask"):
+            if key in item:
+                item[key] = item[key] != 0
         shape = tuple(item["fixed"].shape[1:])
         if self.has_labels:
             zeros = torch.zeros((1, *shape), dtype=torch.int64)
@@ -323,6 +335,7 @@ class ListedPairs(FilePairDataset):
 
 
 LANDMARK_EXTENSIONS = (".csv", ".txt")
+MASK_SUFFIX = "_mask"
 
 
 def _landmarks(path: str, info: ImageInfo, grid_affine: np.ndarray) -> torch.Tensor:
@@ -358,35 +371,35 @@ def _scan_folder(folder: Path, label_suffix: str) -> list[Scan]:
     if (folder / "images").is_dir():
         names = sorted(n for n in os.listdir(folder / "images") if _is_image(n))
         labels = folder / "labels"
+        masks = folder / "masks"
         return [
             Scan(
                 str(folder / "images" / n),
                 str(labels / n) if (labels / n).is_file() else None,
                 _landmark_file(folder / "landmarks" / _strip_extension(n)),
+                str(masks / n) if (masks / n).is_file() else None,
             )
             for n in names
         ]
     names = sorted(n for n in os.listdir(folder) if _is_image(n) and (folder / n).is_file())
     stems = {_strip_extension(n): n for n in names}
     scans = []
+    suffixes = [s for s in (label_suffix, MASK_SUFFIX) if s]
     for name in names:
         stem = _strip_extension(name)
-        if label_suffix and stem.endswith(label_suffix) and stem[: -len(label_suffix)] in stems:
+        if any(stem.endswith(s) and stem[: -len(s)] in stems for s in suffixes):
             continue
-        label = (
-            next(
-                (
-                    str(folder / (stem + label_suffix + ext))
-                    for ext in IMAGE_EXTENSIONS
-                    if (folder / (stem + label_suffix + ext)).is_file()
-                ),
-                None,
-            )
-            if label_suffix
-            else None
-        )
-        scans.append(Scan(str(folder / name), label, _landmark_file(folder / f"{stem}_landmarks")))
+        label = _companion(folder, stem + label_suffix) if label_suffix else None
+        mask = _companion(folder, stem + MASK_SUFFIX)
+        landmarks = _landmark_file(folder / f"{stem}_landmarks")
+        scans.append(Scan(str(folder / name), label, landmarks, mask))
     return scans
+
+
+def _companion(folder: Path, stem: str) -> str | None:
+    """The image file ``<stem><extension>`` in ``folder``, if there is one."""
+    found = (folder / (stem + ext) for ext in IMAGE_EXTENSIONS)
+    return next((str(p) for p in found if p.is_file()), None)
 
 
 @register_dataset(
@@ -400,12 +413,12 @@ class FolderDataset(FilePairDataset):
     Layout (per split folder, i.e. ``root/<split>/`` when it exists, else ``root`` for every
     split)::
 
-        root/images/a.nii.gz  root/labels/a.nii.gz  root/landmarks/a.txt   images + optional
-                                                                            labels, landmarks
-        root/a.nii.gz  root/a_seg.nii.gz  root/a_landmarks.csv     or flat: <image><suffix>
+        root/images/a.nii.gz  root/labels/a.nii.gz  root/landmarks/a.txt  root/masks/a.nii.gz
+        root/a.nii.gz  root/a_seg.nii.gz  root/a_landmarks.csv  root/a_mask.nii.gz   (or flat)
 
-    Landmark files (optional, ``.csv`` or DIR-Lab ``.txt``: module docstring) give the items
-    ``moving_landmarks`` / ``fixed_landmarks`` when both images of a pair have one.
+    Label maps, landmark files (``.csv`` or DIR-Lab ``.txt``: module docstring) and masks (e.g.
+    lung masks: non-zero inside) are optional; landmarks and masks reach the items
+    (``*_landmarks``, ``*_mask``) when both images of a pair have them.
 
     Args:
         root: the folder.
@@ -509,7 +522,8 @@ class Learn2RegDataset(FilePairDataset):
     (a ``keypoints`` or ``landmarks`` file: a CSV of 0-based or a DIR-Lab ``.txt`` of 1-based
     voxel indices, one point per row; module docstring) become
     ``moving_landmarks`` / ``fixed_landmarks`` ``(N, ndim)`` in model-grid voxels when both
-    images of a pair have them (rows correspond, as in NLST).
+    images of a pair have them (rows correspond, as in NLST); ``mask`` entries (NLST's lung masks)
+    become ``moving_mask`` / ``fixed_mask`` when both images have one.
 
     Args:
         root: the folder holding the json.
@@ -577,7 +591,7 @@ class Learn2RegDataset(FilePairDataset):
             if isinstance(shapes, dict)
             else {}
         )
-        labels, points = {}, {}
+        labels, points, masks = {}, {}, {}
         for entry in meta.get("training", []) or []:
             if isinstance(entry, dict) and "image" in entry:
                 image = self._path(entry["image"])
@@ -586,7 +600,8 @@ class Learn2RegDataset(FilePairDataset):
                 points[image] = (
                     self._path(found) if found and found.endswith(LANDMARK_EXTENSIONS) else None
                 )
-        self._labels, self._points = labels, points
+                masks[image] = self._path(entry["mask"]) if entry.get("mask") else None
+        self._labels, self._points, self._masks = labels, points, masks
         if pairing == "paired":
             if not pairs_json and split == "train":
                 raise ConfigError(
@@ -651,9 +666,12 @@ class Learn2RegDataset(FilePairDataset):
         return str((self.root / rel).resolve()) if not os.path.isabs(rel) else rel
 
     def _scan(self, image: str) -> Scan:
-        points = self._points.get(image)
+        points, mask = self._points.get(image), self._masks.get(image)
         return Scan(
-            image, self._label_of(image), points if points and os.path.isfile(points) else None
+            image,
+            self._label_of(image),
+            points if points and os.path.isfile(points) else None,
+            mask if mask and os.path.isfile(mask) else None,
         )
 
     def _label_of(self, image: str) -> str | None:

@@ -54,7 +54,14 @@ PREPROCESSING_KEYS: tuple[str, ...] = (
     "pad_multiple",
     "photo_channel",
 )
-AUGMENT_KEYS: tuple[str, ...] = ("moving", "fixed", "moving_label", "fixed_label")
+AUGMENT_KEYS: tuple[str, ...] = (
+    "moving",
+    "fixed",
+    "moving_label",
+    "fixed_label",
+    "moving_mask",
+    "fixed_mask",
+)
 
 
 def _floats(value: Any, what: str, count: int | None = None) -> tuple[float, ...]:
@@ -242,8 +249,8 @@ class Preprocessing:
         """Step 3: arrays (keys of :data:`AUGMENT_KEYS`) onto the model grid of ``fixed``.
 
         Args:
-            arrays: ``key -> (array (*S), its ImageInfo)``; ``*_label`` keys are label maps
-                (nearest-neighbour), the others images (linear, zeros outside).
+            arrays: ``key -> (array (*S), its ImageInfo)``; ``*_label`` and ``*_mask`` keys are
+                integer maps (nearest-neighbour), the others images (linear, zeros outside).
             fixed: the fixed image.
 
         Returns:
@@ -254,7 +261,7 @@ class Preprocessing:
         out: dict[str, torch.Tensor] = {}
         for key, (array, info) in arrays.items():
             t = torch.tensor(np.ascontiguousarray(array))[None]
-            nearest = key.endswith("_label")
+            nearest = key.endswith(("_label", "_mask"))
             out[key] = resample(
                 t, info.grid_affine, shape, affine, "nearest" if nearest else "bilinear"
             )

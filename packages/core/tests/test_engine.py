@@ -166,6 +166,43 @@ def test_updates_without_schedule_share_the_step_learning_rate():
     assert p.item() == 1.0 and opt.param_groups[0]["lr"] == 0.5 and schedule.last_epoch == 1
 
 
+def test_learning_rate_factor_of_each_schedule_with_warm_up():
+    """``step`` multiplies by ``lr_gamma`` at each milestone (RCN's halving), ``poly`` decays to
+    0 at ``train.steps``, and a warm-up ramps linearly over its first steps (Dual-PRNet's)."""
+    from regzoo.engine.trainer import lr_factor
+
+    cfg = _cfg("train.steps=100", "train.scheduler=step", "train.lr_milestones=[60,80]")
+    step = lr_factor(cfg.train)
+    assert [step(s) for s in (0, 59, 60, 79, 80, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    cfg = _cfg(
+        "train.steps=100",
+        "train.scheduler=step",
+        "train.lr_milestones=[80,60]",
+        "train.lr_gamma=0.5",
+        "train.warmup_steps=4",
+    )
+    warm = lr_factor(cfg.train)
+    assert [warm(s) for s in (0, 1, 3, 4, 60, 80)] == [0.25, 0.5, 1.0, 1.0, 0.5, 0.25]
+    poly = lr_factor(_cfg("train.steps=10", "train.scheduler=poly", "train.poly_power=1").train)
+    assert [poly(s) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+    assert lr_factor(_cfg().train)(50) == 1.0
+    with pytest.raises(ConfigError, match="train.warmup_steps must be >= 0"):
+        _cfg("train.warmup_steps=-1")
+    with pytest.raises(ConfigError, match="train.scheduler must be one of none, poly, step"):
+        _cfg("train.scheduler=cosine")
+
+
+def test_trainer_steps_the_learning_rate_of_its_schedule(tmp_path):
+    cfg = _cfg(
+        "train.steps=6", "train.scheduler=step", "train.lr_milestones=[3]", "train.lr_gamma=0.5"
+    )
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.fit()
+    lr = cfg.train.lr
+    (opt,) = trainer.optim.optimizers.values()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * lr)
+
+
 def test_resume_continues_to_the_same_weights(tmp_path):
     full = train(_cfg("train.steps=20"), tmp_path / "full", progress=False)
     train(_cfg("train.steps=8", "train.ckpt_every=4"), tmp_path / "part", progress=False)

@@ -50,7 +50,7 @@ __all__ = [
 
 DEFAULT_PRESET = "quick"
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "radam", "sgd", "adamax")
-SCHEDULERS: tuple[str, ...] = ("none", "poly")
+SCHEDULERS: tuple[str, ...] = ("none", "poly", "step")
 AMP_MODES: tuple[str, ...] = ("no", "bf16", "fp16")
 LABEL_WARPS: tuple[str, ...] = ("nearest", "linear")
 
@@ -73,6 +73,9 @@ class TrainConfig:
     """How a model is trained. Steps count optimisation steps of the whole method.
 
     ``grad_clip`` null: no gradient clipping; ``weights`` null: the model's own initialisation.
+    Learning rate at step ``s``: ``lr`` times the ``scheduler``'s factor (``none``: 1; ``poly``:
+    ``(1 - s / steps) ** poly_power``; ``step``: ``lr_gamma`` to the number of ``lr_milestones``
+    reached), times ``(s + 1) / warmup_steps`` during the first ``warmup_steps`` steps.
     """
 
     steps: int = 1000
@@ -81,8 +84,11 @@ class TrainConfig:
     optimizer: str = "adam"  # one of OPTIMIZERS
     weight_decay: float = 0.0
     amsgrad: bool = False
-    scheduler: str = "none"  # "none" | "poly" (SCHEDULERS)
+    scheduler: str = "none"  # "none" | "poly" | "step" (SCHEDULERS)
     poly_power: float = 0.9
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
     grad_clip: Optional[float] = None
     seed: int = 0
     log_every: int = 10
@@ -228,6 +234,8 @@ def check_ranges(cfg: DictConfig) -> None:
         ("train.batch_size", ">= 1", lambda v: v >= 1, False),
         ("train.lr", "> 0", lambda v: v > 0, False),
         ("train.weight_decay", ">= 0", lambda v: v >= 0, False),
+        ("train.lr_gamma", "> 0", lambda v: v > 0, False),
+        ("train.warmup_steps", ">= 0", lambda v: v >= 0, False),
         ("train.grad_clip", "> 0 or null", lambda v: v > 0, True),
         ("train.log_every", ">= 1", lambda v: v >= 1, False),
         ("train.ckpt_every", ">= 1", lambda v: v >= 1, False),

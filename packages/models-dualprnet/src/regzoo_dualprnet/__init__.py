@@ -91,8 +91,8 @@ class DualPRNetPlusConfig(DualPRNetConfig):
 
 
 # Official training (train_lpba40.py, solver.py): Adam lr 1e-4, weight decay 1e-5, gradient norm
-# clipped at 10, batch 1, 200 epochs of the 870 ordered pairs of LPBA40's 30 training subjects; the
-# 5-epoch linear warm-up of the learning rate has no engine option and is left out.
+# clipped at 10, batch 1, 200 epochs of the 870 ordered pairs of LPBA40's 30 training subjects,
+# the learning rate warmed up linearly over the first 5 epochs.
 _PAPER = {
     "train": {
         "steps": 200 * 870,
@@ -101,6 +101,7 @@ _PAPER = {
         "grad_clip": 10.0,
         "batch_size": 1,
         "optimizer": "adam",
+        "warmup_steps": 5 * 870,
     },
     "data": {"ndim": 3},
     "model": {"ndim": 3},

@@ -78,10 +78,19 @@ class AffineDeformableConfig(RCNConfig):
 SYNTH_LARGE = {"name": "synth-large", "ndim": 2, "size": 64}
 SYNTH_UNALIGNED = {"name": "synth-unaligned", "ndim": 2, "size": 64}
 
-# The official schedule: Adam, batch 4, lr 1e-4, 5 "epochs" of 20,000 iterations. The official
-# learning rate is also halved for the 4th and quartered for the 5th epoch, which regzoo's
-# schedulers (none, poly) cannot express: the presets keep it constant.
-_PAPER = {"train": {"steps": 100_000, "lr": 1e-4, "batch_size": 4, "optimizer": "adam"}}
+# The official schedule: Adam, batch 4, lr 1e-4, 5 "epochs" of 20,000 iterations, the learning
+# rate halved for the 4th and quartered for the 5th epoch.
+_PAPER = {
+    "train": {
+        "steps": 100_000,
+        "lr": 1e-4,
+        "batch_size": 4,
+        "optimizer": "adam",
+        "scheduler": "step",
+        "lr_milestones": [60_000, 80_000],
+        "lr_gamma": 0.5,
+    }
+}
 # The paper's 3D set-up: 128^3 volumes; the official regulariser sum((du)^2) / 2 / (N * ndim)
 # equals Grad-l2 times ndim / 2, i.e. loss_mult 1.5 in 3D (1 in 2D, the default).
 _PAPER_3D = {

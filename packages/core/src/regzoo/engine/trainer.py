@@ -19,7 +19,7 @@ import contextlib
 import csv
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from .report import write_report
 from .rundir import check_resumable, claim_run_dir
 from .runtime import Runtime, autocast, seed_everything, setup_runtime
 
-__all__ = ["Trainer", "train", "build_model", "build_dataset", "TrainResult"]
+__all__ = ["Trainer", "train", "build_model", "build_dataset", "TrainResult", "lr_factor"]
 
 
 def build_model(cfg: DictConfig, source: str | Path | None = None) -> torch.nn.Module:
@@ -131,6 +131,27 @@ def _scalar(v: Any) -> float:
     return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
 
 
+def lr_factor(train: Any) -> Callable[[int], float]:
+    """The multiplier of ``train.lr`` at step ``s`` (the ``train`` section; :class:`TrainConfig`):
+    the scheduler's factor times the linear warm-up's."""
+    steps, power = max(int(train.steps), 1), float(train.poly_power)
+    milestones, gamma = sorted(int(m) for m in train.lr_milestones), float(train.lr_gamma)
+    warmup = int(train.warmup_steps)
+    if train.scheduler not in ("none", "poly", "step"):
+        raise ConfigError(f"train.scheduler must be none, poly or step, got {train.scheduler!r}")
+
+    def factor(s: int) -> float:
+        if train.scheduler == "poly":
+            value = max(0.0, 1 - s / steps) ** power
+        elif train.scheduler == "step":
+            value = gamma ** sum(s >= m for m in milestones)
+        else:
+            value = 1.0
+        return value * min(1.0, (s + 1) / warmup) if warmup else value
+
+    return factor
+
+
 class Trainer:
     """Trains the model of a resolved run config into ``out_dir``.
 
@@ -183,16 +204,12 @@ class Trainer:
     def _make_optimizers(self) -> Optimizers:
         t = self.cfg.train
         optimizers, schedulers = {}, {}
-        steps, power = max(int(t.steps), 1), float(t.poly_power)
+        factor = lr_factor(t)
         for name, params in self.model.parameter_groups().items():
             opt = make_optimizer(params, t.optimizer, t.lr, t.weight_decay, t.amsgrad)
             optimizers[name] = opt
-            if t.scheduler == "poly":
-                schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
-                    opt, lambda s: max(0.0, 1 - s / steps) ** power
-                )
-            elif t.scheduler != "none":
-                raise ConfigError(f"train.scheduler must be 'none' or 'poly', got {t.scheduler!r}")
+            if t.scheduler != "none" or t.warmup_steps:
+                schedulers[name] = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         scaler = None
         if t.amp == "fp16" and self.runtime.device.type == "cuda":
             scaler = torch.amp.GradScaler("cuda")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -334,3 +335,48 @@ def test_masks_and_landmarks_follow_the_labels_and_the_true_transform() -> None:
         _synth(mask_labels=[9])
     lung = regzoo.build("dataset", {"name": "synth-lung", "split": "test"})[0]
     assert lung["fixed_landmarks"].shape == (100, 2) and lung["moving_mask"].any()
+
+
+def _sliding(**config: Any) -> dict[str, torch.Tensor]:
+    """Eight test pairs of ``synth-sliding``, stacked."""
+    ds = regzoo.build("dataset", {"name": "synth-sliding", "split": "test", **config})
+    items = [ds[i] for i in range(8)]
+    return {k: torch.stack([item[k] for item in items]) for k in items[0]}
+
+
+def _steps(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Field differences between vertical neighbours and the label on either side."""
+    ddf, labels = batch["true_ddf"], batch["fixed_label"][:, 0]
+    step = (ddf[..., 1:, :] - ddf[..., :-1, :]).norm(dim=1)
+    return step, labels[:, 1:, :], labels[:, :-1, :]
+
+
+def test_sliding_pairs_tear_at_region_boundaries_and_are_smooth_inside() -> None:
+    """The true field of ``synth-sliding`` jumps across region boundaries and is smooth inside
+    the regions (almost no folding); the moving labels warped by it match the fixed labels up to
+    nearest-neighbour rounding, far better than unwarped."""
+    from regzoo.labels import warp_labels
+    from regzoo.metrics.regions import region_folding
+
+    batch = _sliding()
+    assert float(region_folding(batch["true_ddf"], batch["fixed_label"]).mean()) < 0.01
+    step, below, above = _steps(batch)
+    assert step[below != above].mean() > 3 * step[below == above].mean()
+    moving, fixed = batch["moving_label"], batch["fixed_label"]
+    mismatch = (warp_labels(moving, batch["true_ddf"]) != fixed).float().mean()
+    assert mismatch < 0.5 * (moving != fixed).float().mean()
+
+
+def test_sliding_regions_group_labels_and_are_checked() -> None:
+    """Labels of one region move together: across their boundaries the field changes as little as inside a
+    region (a continuous field would give a ratio near 1)."""
+    step, below, above = _steps(_sliding(regions=[[0, 1], [2, 3]]))
+    same_region = (below // 2 == above // 2) & (below != above)
+    other_region = below // 2 != above // 2
+    assert step[other_region].mean() > 2 * step[same_region].mean()
+    with pytest.raises(ConfigError, match="regions"):
+        regzoo.build("dataset", {"name": "synth-sliding", "regions": [[0, 1], [1, 2, 3]]})
+    with pytest.raises(ConfigError, match="leave out"):
+        regzoo.build("dataset", {"name": "synth-sliding", "regions": [[0, 1], [2]]})
+    with pytest.raises(ConfigError, match="intra"):
+        regzoo.build("dataset", {"name": "synth-sliding", "pairing": "random"})

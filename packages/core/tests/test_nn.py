@@ -146,3 +146,33 @@ def test_vxm_unet_is_differentiable_end_to_end():
     unet(x).square().mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert all(p.grad is not None for p in unet.parameters())
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_strided_vxm_unet_is_the_keras_layout(ndim):
+    """The TensorFlow/paper layout (stride-2 encoder, the 16-channel skip at half resolution):
+    at half resolution with decoder ``[32, 32, 32, 32, 16]`` (VoxelMorph-diff's MICCAI 2018
+    network, DDIR's) the convolutions of the Keras ``unet_core``, counted by hand: encoder
+    2->16, 16->32, 32->32, 32->32; decoder 32->32, 64->32, 64->32, 48->32, 32->16."""
+    k = 3**ndim
+    convs = [
+        (2, 16),
+        (16, 32),
+        (32, 32),
+        (32, 32),
+        (32, 32),
+        (64, 32),
+        (64, 32),
+        (48, 32),
+        (32, 16),
+    ]
+    expected = sum(k * cin * cout + cout for cin, cout in convs)
+    net = VxmUnet(ndim, 2, [16, 32, 32, 32], [32, 32, 32, 32, 16], half_res=True, strided=True)
+    assert sum(p.numel() for p in net.parameters()) == expected
+    size = (32, 32, 16)[:ndim] if ndim == 3 else (64, 48)
+    out = net(torch.randn(1, 2, *size))
+    assert out.shape == (1, 16, *[s // 2 for s in size])
+    full = VxmUnet(ndim, 2, [16, 32, 32, 32], [32, 32, 32, 32, 32, 16, 16], strided=True)
+    assert full(torch.randn(1, 2, *size)).shape == (1, 16, *size)
+    with pytest.raises(ValueError, match="strided"):
+        VxmUnet(ndim, 2, [16, 32, 32, 32], [32, 32, 32, 32], half_res=True, strided=True)

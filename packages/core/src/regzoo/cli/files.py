@@ -284,6 +284,13 @@ def register_command(
     runtime = setup_runtime(device, threads)
     net, preprocessing = _load_model(model, weights, ndim)
     net = net.to(runtime.device).eval()
+    if net.reads_labels:
+        for p in todo:
+            if p.moving_seg is None or p.fixed_seg is None:
+                raise UserError(
+                    f"{model} reads both images' label maps (its regions): give --moving-seg "
+                    f"and --fixed-seg{' (seg columns in --pairs)' if pairs is not None else ''}"
+                )
     steps = net.io_iterations if iterations is None else iterations
     if trajectory is not None:  # the states of the network's own pass (checked above)
         steps = 0
@@ -295,7 +302,7 @@ def register_command(
             if not as_json:
                 typer.echo(f"{target}: written by an earlier run, skipped (--resume)")
             continue
-        loaded = load_pair(p, preprocessing)
+        loaded = load_pair(p, preprocessing, net.label_table if net.reads_labels else None)
         result, history = register_pair(net, loaded, steps, samples, runtime.device, lr)
         check_result(p, result, net, 0 if samples else steps, lr)
         states = None

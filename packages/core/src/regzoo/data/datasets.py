@@ -31,7 +31,7 @@ SYNTHMORPH_2022 = Paper(
 )
 
 DEFAULT_SUBJECTS: dict[str, int] = {"train": 200, "val": 16, "test": 16}
-DEFORMATIONS: tuple[str, ...] = ("smooth", "affine", "affine+smooth")
+DEFORMATIONS: tuple[str, ...] = ("smooth", "affine", "affine+smooth", "sliding")
 _FRESH_LENGTH = 10_000
 
 
@@ -115,7 +115,15 @@ class SynthDataset(Dataset):
         pairing: ``"intra"``, ``"random"``, ``"atlas"`` or ``"all"``.
         multimodal: a different contrast for every scan.
         deformation: ``"smooth"``, ``"affine"`` (moving scans get a random affine, fixed scans
-            none) or ``"affine+smooth"``.
+            none), ``"affine+smooth"`` or ``"sliding"`` (intra pairs only: the fixed scan is the
+            moving one with its ``regions`` sliding against each other, each moved by its own
+            random diffeomorphism, then warped as a whole, so ``true_ddf`` is smooth inside each
+            region of the fixed map and torn at region boundaries; see
+            :meth:`~regzoo.data.synth.SynthMorphGenerator.slide`).
+        regions: with ``"sliding"``, the labels of each region, a list of lists covering every
+            label once; ``None``: each label is its own region.
+        slide_std: with ``"sliding"``, the maximal velocity std (voxels) of each region's own
+            motion; ``deform_std`` is then that of the one smooth warp of the whole.
         deform_std: maximal standard deviation (voxels) of the per-scan velocity field; each scan
             draws its own in ``[0, deform_std]``.
         deform_scale: Perlin scale (downsampling factor of the noise grid) of the velocity field:
@@ -151,6 +159,8 @@ class SynthDataset(Dataset):
         pairing: str = "intra",
         multimodal: bool = False,
         deformation: str = "smooth",
+        regions: Sequence[Sequence[int]] | None = None,
+        slide_std: float = 3.0,
         deform_std: float = 6.0,
         deform_scale: float = 16.0,
         subject_std: float = 2.0,
@@ -181,11 +191,19 @@ class SynthDataset(Dataset):
         else:
             self.num_subjects = int(num_subjects)
         check_pairing(pairing, ("intra", "random", "atlas", "all"), self.num_subjects)
+        if deformation == "sliding" and pairing != "intra":
+            raise ConfigError(
+                f"synth: deformation 'sliding' needs pairing 'intra', got {pairing!r}"
+            )
         self.pairing = pairing
+        self.sliding = deformation == "sliding"
+        self.region_map = _region_map(regions, num_labels)
+        self.slide_std = float(slide_std)
         self.multimodal = bool(multimodal)
         self.deformation = deformation
         # per-scan warps for every scan, affines for moving scans only
-        self.smooth, self.moving_affine = deformation != "affine", deformation != "smooth"
+        self.smooth = deformation != "affine"
+        self.moving_affine = deformation in ("affine", "affine+smooth")
         self.ground_truth = bool(ground_truth)
         if mask_labels is not None and not all(0 <= int(v) < num_labels for v in mask_labels):
             raise ConfigError(
@@ -269,7 +287,16 @@ class SynthDataset(Dataset):
         gen = self.generator
         with single_thread():
             moving, moving_label = self._scan(m, m_key, moving=True)
-            fixed, fixed_label = self._scan(f, f_key, moving=False)
+            if self.sliding:
+                labels, true_ddf = gen.slide(
+                    moving_label[0], f_key, self.region_map, self.slide_std
+                )
+                contrast = gen.contrast(self.contrast_key(f_key, moving=False))
+                fixed, fixed_label = gen.render(labels, contrast, f_key), labels[None]
+                # every region brighter than the zeros a region mask leaves (tissue, not air)
+                moving, fixed = 0.2 + 0.8 * moving, 0.2 + 0.8 * fixed
+            else:
+                fixed, fixed_label = self._scan(f, f_key, moving=False)
             item = {
                 "moving": moving,
                 "fixed": fixed,
@@ -280,7 +307,7 @@ class SynthDataset(Dataset):
             if self.mask_labels is not None:
                 item["moving_mask"] = self._mask(moving_label)
                 item["fixed_mask"] = self._mask(fixed_label)
-            if self.ground_truth or self.landmarks:
+            if (self.ground_truth or self.landmarks) and not self.sliding:
                 true_ddf = gen.true_field(
                     self._split, (m, m_key), (f, f_key), self.smooth, self.moving_affine
                 )
@@ -318,6 +345,26 @@ class SynthDataset(Dataset):
         return candidates[chosen].float()
 
 
+def _region_map(regions: Sequence[Sequence[int]] | None, num_labels: int) -> torch.Tensor:
+    """The region of each label ``(num_labels,)`` int64 from lists of labels (``None``: one
+    region per label); a ConfigError unless every label is in exactly one region."""
+    if regions is None:
+        return torch.arange(num_labels)
+    owner = torch.full((num_labels,), -1)
+    for k, group in enumerate(regions):
+        for label in group:
+            if not 0 <= int(label) < num_labels or owner[int(label)] >= 0:
+                raise ConfigError(
+                    f"synth: regions must hold each label in [0, {num_labels}) once, got "
+                    f"{[list(g) for g in regions]}"
+                )
+            owner[int(label)] = k
+    if bool((owner < 0).any()):
+        missing = (owner < 0).nonzero().flatten().tolist()
+        raise ConfigError(f"synth: regions leave out labels {missing}")
+    return owner
+
+
 # Named set-ups of the same generator, for methods made for hard pairs (cascades, pyramids, an
 # affine stage in front of a deformable one).
 get_registry("dataset").variant(
@@ -346,4 +393,14 @@ get_registry("dataset").variant(
     deform_std=8.0,
     mask_labels=[1, 2],
     landmarks=100,
+)
+get_registry("dataset").variant(
+    "synth-sliding",
+    "synth",
+    summary="synth whose four labels are regions sliding against each other: the true field is "
+    "smooth inside each region and torn at their boundaries.",
+    num_labels=4,
+    label_scales=[8.0, 16.0],
+    deformation="sliding",
+    slide_std=3.0,
 )

@@ -319,16 +319,27 @@ class ListedPairs(FilePairDataset):
     Args:
         pairs: the scans of each pair.
         preprocessing: the pipeline (a checkpoint's, :meth:`Preprocessing.from_config`).
+        label_table: the table label maps are encoded with (a trained model's); ``None``: the
+            values in the listed label files.
     """
 
-    def __init__(self, pairs: Sequence[tuple[Scan, Scan]], preprocessing: Preprocessing) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Scan, Scan]],
+        preprocessing: Preprocessing,
+        label_table: LabelTable | None = None,
+    ) -> None:
         super().__init__("test", "paired", **preprocessing.to_config())
+        self._given_table = label_table
         index: dict[Scan, int] = {}
         for scan in (s for pair in pairs for s in pair):
             index.setdefault(scan, len(index))
         self.scans = list(index)
         self.pairs = [(index[m], index[f]) for m, f in pairs]
         self._finish_setup()
+
+    def listed_labels(self) -> list[int] | None:
+        return None if self._given_table is None else self._given_table.to_list()
 
     def describe(self) -> str:
         return "listed pairs"

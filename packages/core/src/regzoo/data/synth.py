@@ -14,6 +14,9 @@ registration without acquired images", IEEE TMI 41(3), 2022 (official script
 - :func:`random_affine`: rotation, anisotropic scaling and translation in centred voxel coordinates.
 - :func:`labels_to_image`: a Gaussian intensity per label, blur, a multiplicative bias field
   ``exp(Perlin)``, min-max normalisation and a gamma ``exp(N(0, gamma_std))``.
+- :meth:`SynthMorphGenerator.slide`: regions of a label map moving against each other, each by its
+  own diffeomorphism (a field smooth inside each region and torn at region boundaries; ours, for
+  methods made for sliding organs).
 
 :class:`SynthMorphGenerator` combines them into subjects and scans; the registered ``synth``
 dataset (:mod:`regzoo.data.datasets`) turns scans into registration pairs.
@@ -245,6 +248,23 @@ def labels_to_image(
     return image.clamp(0, 1) ** contrast.gamma
 
 
+def _fill_from_neighbours(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """``labels`` ``(*S)`` int64 in ``0 .. num_labels-1`` with ``-1`` where unknown, each unknown
+    voxel given the largest value among its known 3^ndim neighbours, repeatedly, until none is
+    left (all ``0`` if none is known)."""
+    if bool((labels >= 0).all()):
+        return labels
+    if not bool((labels >= 0).any()):
+        return torch.zeros_like(labels)
+    pool = F.max_pool2d if labels.dim() == 2 else F.max_pool3d
+    classes = torch.arange(num_labels).view(-1, *(1,) * labels.dim())
+    while bool((labels < 0).any()):
+        present = pool((labels[None] == classes).float()[None], 3, stride=1, padding=1)[0]
+        nearby = torch.where(present > 0, classes, -1).amax(0)
+        labels = torch.where(labels < 0, nearby, labels)
+    return labels
+
+
 def _compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """``second`` then ``first`` as one field ``(ndim, *S)``; border padding keeps edges sensible."""
     return second + warp(first[None], second[None], padding="border")[0]
@@ -464,6 +484,67 @@ class SynthMorphGenerator:
             return labels
         moved = warp(labels[None, None].float(), field[None], mode="nearest", padding="border")
         return moved[0, 0].long()
+
+    def slide(
+        self,
+        labels: torch.Tensor,
+        key: Sequence[int],
+        regions: torch.Tensor,
+        slide_std: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Regions of the label map ``labels`` ``(*S)`` (the moving scan's) sliding against each
+        other, then one smooth warp of the whole: the fixed scan's label map ``(*S)`` int64 and the
+        true displacement ``(ndim, *S)`` (voxels, from the fixed grid to the moving one), smooth
+        inside each region of the fixed map and discontinuous at region boundaries.
+
+        ``regions`` ``(num_labels,)`` int64 maps each label to its region ``0 .. K-1``.
+
+        1. Region ``k`` slides by its own diffeomorphism ``d_k`` (velocity std up to
+           ``slide_std`` voxels at scale ``deform_scales``, drawn from ``key`` and ``k``). A voxel
+           ``z`` is
+           claimed by region ``k`` when the moving label at ``z + d_k(z)`` is one of region
+           ``k``'s; where several regions claim it, the one ranked last in an order drawn per
+           pair wins (it slid over the others); where regions pull apart and none claims it, it
+           moves with the last-ranked region among its nearest claimed neighbours. Every voxel
+           takes the moving label its region's motion brings, so the moving labels warped by the
+           true field are the fixed ones (up to nearest-neighbour rounding); in those gaps that
+           label is a neighbouring region's.
+        2. The whole slid map is warped by one diffeomorphism ``w`` (``deform_std``), as the
+           body moves around its organs.
+
+        The field is ``w(x) + d_r(x + w(x))`` for the region ``r`` that moves the voxel at
+        ``x + w(x)``: smooth inside each region, torn at region boundaries.
+        """
+        count = int(regions.max()) + 1
+        slides = torch.stack(
+            [
+                random_diffeomorphism(
+                    self.shape,
+                    slide_std,
+                    self.deform_scales,
+                    seeded_generator(self.seed, 6, *key, k),
+                    self.integration_steps,
+                )
+                for k in range(count)
+            ]
+        )
+        moved = labels[None, None].float().expand(count, 1, *self.shape)
+        candidates = warp(moved, slides, mode="nearest", padding="border")[:, 0].long()
+        rank = torch.randperm(count, generator=seeded_generator(self.seed, 7, *key))
+        ranks = rank.view(-1, *(1,) * self.ndim).expand_as(candidates)
+        claimed = regions[candidates] == torch.arange(count).view(-1, *(1,) * self.ndim)
+        winner = torch.where(claimed, ranks, -1).amax(0)
+        winner = _fill_from_neighbours(winner, count)
+        mover = torch.argsort(rank)[winner]  # the region of each rank
+        slid = candidates.gather(0, mover[None])[0]
+        body = self.scan_field(key)
+        both = torch.stack([slid, mover]).float()[None]
+        fixed, region = warp(both, body[None], mode="nearest", padding="border")[0].long()
+        # each region's slide at x + w(x), linearly: smooth inside the region
+        along = warp(slides.reshape(1, -1, *self.shape), body[None], padding="border")
+        along = along.reshape(count, self.ndim, *self.shape)
+        index = region[None, None].expand(1, self.ndim, *self.shape)
+        return fixed, body + along.gather(0, index)[0]
 
     def render(self, labels: torch.Tensor, contrast: Contrast, key: Sequence[int]) -> torch.Tensor:
         """An image ``(1, *S)`` of ``labels`` with ``contrast``; noise and bias drawn from ``key``."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..models import BATCH_LABEL_KEYS, RegistrationModel, RegistrationOutput
+from ..models import RegistrationModel, RegistrationOutput
 
 __all__ = ["instance_optimise"]
 
@@ -45,15 +45,15 @@ def instance_optimise(
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr if lr is not None else model.io_lr)
-    unlabelled = {k: v for k, v in batch.items() if k not in BATCH_LABEL_KEYS}
+    inputs = tuned.test_inputs(batch)  # the objective itself never sees labels
     history = []
     for _ in range(int(iterations)):
-        loss = tuned.objective(unlabelled, tuned(unlabelled))
+        loss = tuned.objective(inputs, tuned(inputs))
         history.append(float(loss.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     with torch.no_grad():
         out = tuned(batch)
-        history.append(float(tuned.objective(unlabelled, tuned(unlabelled))))
+        history.append(float(tuned.objective(inputs, tuned(inputs))))
     return out, history

@@ -43,7 +43,7 @@ from ..data.io import ImageInfo, load_image, save_ddf, save_image, save_series, 
 from ..data.preprocess import Preprocessing
 from ..errors import DataError, UserError
 from ..labels import LabelTable
-from ..models import BATCH_LABEL_KEYS, RegistrationModel, RegistrationOutput
+from ..models import RegistrationModel, RegistrationOutput
 from .instance import instance_optimise
 
 __all__ = [
@@ -144,12 +144,20 @@ class LoadedPair:
         return warped if table is None else table.decode(warped.round().long())
 
 
-def load_pair(files: PairFiles, preprocessing: Preprocessing | None = None) -> LoadedPair:
-    """Read a pair and preprocess it as training did (default: :class:`Preprocessing`'s defaults)."""
+def load_pair(
+    files: PairFiles,
+    preprocessing: Preprocessing | None = None,
+    label_table: LabelTable | None = None,
+) -> LoadedPair:
+    """Read a pair and preprocess it as training did (default: :class:`Preprocessing`'s defaults).
+
+    The batch's label maps hold indices of ``label_table`` (a trained model's; a value outside it
+    is a one-line error naming the file), by default of the values in the pair's own files.
+    """
     prep = preprocessing or Preprocessing()
     moving = Scan(str(files.moving), None if files.moving_seg is None else str(files.moving_seg))
     fixed = Scan(str(files.fixed), None if files.fixed_seg is None else str(files.fixed_seg))
-    dataset = ListedPairs([(moving, fixed)], prep)
+    dataset = ListedPairs([(moving, fixed)], prep, label_table)
     item = dataset[0]
     given = {"moving_label": files.moving_seg, "fixed_label": files.fixed_seg}
     batch = {
@@ -186,10 +194,11 @@ def register_pair(
     (e.g. TransMorph-Bayes) for the mean field and a per-voxel uncertainty instead of one forward
     pass; a model that does not sample refuses with a :class:`UserError`.
 
-    The model never sees the pair's label maps (original values of any size, not indices of its
-    label table): :func:`write_outputs` warps them through :func:`regzoo.labels.warp_labels`.
+    The model sees the pair's label maps only when it :attr:`~regzoo.models.RegistrationModel.reads_labels`
+    (as indices of its label table, :func:`load_pair`); :func:`write_outputs` warps the original
+    maps through :func:`regzoo.labels.warp_labels`.
     """
-    batch = {k: v.to(device) for k, v in pair.batch.items() if k not in BATCH_LABEL_KEYS}
+    batch = {k: v.to(device) for k, v in model.test_inputs(pair.batch).items()}
     if samples:
         with torch.no_grad():
             return model.sample(batch, int(samples)), []
@@ -210,7 +219,7 @@ def trajectory_of(
     Raises:
         DataError: a state holds NaN or infinite values (nothing is written).
     """
-    batch = {k: v.to(device) for k, v in pair.batch.items() if k not in BATCH_LABEL_KEYS}
+    batch = {k: v.to(device) for k, v in model.test_inputs(pair.batch).items()}
     with torch.no_grad():
         fields = model.trajectory(batch, int(steps))
     for i, u in enumerate(fields, 1):

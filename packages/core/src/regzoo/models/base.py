@@ -11,7 +11,7 @@ to a :class:`RegistrationOutput`, and says how it is trained:
   multi-stage training) override it and :meth:`stage`.
 
 Optional hooks, each with a default that fits most methods (docs/model-contract.md):
-:attr:`trainable`, :meth:`load_weights`, :meth:`sample`, :meth:`trajectory`, :meth:`io_parameters`.
+:attr:`trainable`, :attr:`reads_labels`, :meth:`load_weights`, :meth:`sample`, :meth:`trajectory`, :meth:`io_parameters`.
 The engine calls them directly; it never probes a model for attributes.
 
 The engine owns everything else: devices, mixed precision, seeding, logging, checkpoints.
@@ -49,12 +49,17 @@ class RegistrationModel(nn.Module):
         trainable: ``False`` for a classical method (no learned weights, e.g. an iterative
             optimiser run per pair): the engine then builds no optimiser, ``regzoo train`` runs no
             step and only evaluates, and the conformance suite skips the training step.
+        reads_labels: ``True`` for a model whose forward reads both images' label maps at test
+            time (``moving_label``/``fixed_label``, indices of its label table), as DDIR takes
+            its regions from them: ``regzoo register`` then needs ``--moving-seg`` and
+            ``--fixed-seg``, and :meth:`test_inputs` keeps the maps.
     """
 
     io_iterations: int = 0
     io_lr: float = 1e-4
     label_table: LabelTable | None = None
     trainable: bool = True
+    reads_labels: bool = False
 
     def forward(self, batch: Batch) -> RegistrationOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -62,6 +67,13 @@ class RegistrationModel(nn.Module):
     def loss(self, batch: Batch, out: RegistrationOutput) -> dict[str, torch.Tensor]:
         """The training objective's terms; ``"loss"`` holds the weighted total."""
         raise NotImplementedError
+
+    def test_inputs(self, batch: Batch) -> dict[str, Any]:
+        """What the forward sees at test time (``regzoo register``, instance optimisation): the
+        batch without supervision (:data:`~regzoo.models.output.BATCH_LABEL_KEYS`), but with both
+        label maps for a model that :attr:`reads_labels`."""
+        keep = ("moving_label", "fixed_label") if self.reads_labels else ()
+        return {k: v for k, v in batch.items() if k not in BATCH_LABEL_KEYS or k in keep}
 
     def objective(self, batch: Batch, out: RegistrationOutput) -> torch.Tensor:
         """Label-free objective (image similarity + regulariser) for instance optimisation.

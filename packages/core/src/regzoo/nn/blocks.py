@@ -126,8 +126,9 @@ class ConvBlock(nn.Module):
         kernel: kernel size; padding is ``kernel // 2`` ("same" for odd kernels at stride 1).
         stride: convolution stride.
         norm: ``None``, ``"instance"`` or ``"batch"`` (after the convolution).
-        act: ``"leakyrelu"`` (slope 0.2), ``"relu"`` or ``None``.
+        act: ``"leakyrelu"``, ``"relu"`` or ``None``.
         bias: whether the convolution has a bias (default: only without normalisation).
+        negative_slope: the LeakyReLU's slope (VoxelMorph 0.2; DDIR's Keras code 0.3).
     """
 
     def __init__(
@@ -140,12 +141,13 @@ class ConvBlock(nn.Module):
         norm: str | None = None,
         act: str | None = "leakyrelu",
         bias: bool | None = None,
+        negative_slope: float = 0.2,
     ) -> None:
         super().__init__()
         bias = norm is None if bias is None else bias
         self.main = conv_nd(ndim)(in_channels, out_channels, kernel, stride, kernel // 2, bias=bias)
         self.norm = norm_nd(ndim, norm, out_channels)
-        self.activation = activation(act)
+        self.activation = activation(act, negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.main(x)

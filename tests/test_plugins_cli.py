@@ -26,6 +26,7 @@ PACKAGES = (
     "regzoo_diffusemorph",
     "regzoo_dualprnet",
     "regzoo_rcn",
+    "regzoo_oar",
     "regzoo_example",
 )
 

@@ -140,6 +140,12 @@ def test_second_pass_refines_the_first_with_the_masks_as_landmarks():
     torch.testing.assert_close(second.ddf, compose(first.ddf, second.flow))
     torch.testing.assert_close(out.ddf, second.ddf)
     torch.testing.assert_close(out.warped, warp(batch["moving"], second.ddf))
+    # the ablation: zeros for the predicted masks, the rest as before
+    seen.clear()
+    with torch.no_grad():
+        model.iterate(batch, feedback=False)
+    torch.testing.assert_close(seen[1][1][:, :3], first.warped_template[:, 1:])
+    assert seen[1][1][:, 3:].abs().max() == 0
     # one registration only without the template's labels
     unlabelled = {k: batch[k] for k in ("moving", "fixed")}
     with torch.no_grad():

@@ -71,7 +71,8 @@ __all__ = [
 ]
 
 _DEFAULTS = OARJointConfig()
-# The organ logit outside its ROI, or where the shape correction removed it (filled: +).
+# The floor of the log-probabilities of ``fixed_seg``; the shape correction sets an OAR's to
+# -_OFF where it removes the OAR and to +_OFF where it fills a hole.
 _OFF = 20.0
 
 
@@ -128,7 +129,8 @@ def paste(
     rois: torch.Tensor, centres: torch.Tensor, sides: torch.Tensor, shape: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ROI maps ``(N, C, *R)`` of :func:`roi_grid` boxes back on the image grid ``shape``:
-    ``(N, C, *shape)`` (linear) and where each box covers the image, ``(N, 1, *shape)`` bool."""
+    ``(N, C, *shape)`` (linear; outside a box, its nearest border value) and which voxels lie
+    inside each box, ``(N, 1, *shape)`` bool."""
     ndim = len(shape)
     axes = torch.meshgrid(
         *[torch.arange(n, dtype=rois.dtype, device=rois.device) for n in shape], indexing="ij"
@@ -343,9 +345,10 @@ class OARJoint(RegistrationModel):
         background = log_not.sum(1, keepdim=True)
         return torch.cat([background, log_p + covered], dim=1).clamp(min=-_OFF)
 
-    def iterate(self, batch: Batch) -> list[Iteration]:
+    def iterate(self, batch: Batch, feedback: bool = True) -> list[Iteration]:
         """Every pass of the pipeline on ``batch`` (``moving``, ``fixed`` and the template's
-        ``moving_label``). Without ``moving_label`` only the first registration runs."""
+        ``moving_label``). Without ``moving_label`` only the first registration runs.
+        ``feedback=False`` (an ablation) gives the later passes zeros for the predicted masks."""
         moving, fixed = batch["moving"], batch["fixed"]
         shape = tuple(moving.shape[2:])
         organs = self.num_labels - 1
@@ -366,6 +369,8 @@ class OARJoint(RegistrationModel):
             passes.append(it)
             source = warp(moving, ddf)
             predicted = it.seg.detach().softmax(1)[:, 1:]
+            if not feedback:
+                predicted = torch.zeros_like(predicted)
             hints = torch.cat([warped_template[:, 1:].detach(), predicted], dim=1)
         return passes
 

@@ -5,8 +5,9 @@ config on fixed 2D 64x64 ``synth-organs`` pairs (200 training subjects; Adam, ba
 thread) and prints one JSON line: per pass, the Dice per label of the segmentation
 (``fixed_seg`` of that pass, arg-max) and of the registration (the template's labels warped by
 that pass's field, arg-max of the linear warp) and the fraction of voxels where that field
-folds (Jacobian determinant <= 0), and the shape-corrected final segmentation, on 32 held-out
-subjects; ``small`` is the mean over the two smallest organs.
+folds (Jacobian determinant <= 0), the shape-corrected final segmentation, and the last pass
+without feedback (``no_feedback``: the predicted masks replaced by zeros, an ablation of the
+trained model), on 32 held-out subjects; ``small`` is the mean over the two smallest organs.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def run(
     with torch.no_grad():
         passes = model.iterate(batch)
         corrected = model.correct(passes[-1].seg)
+        ablation = model.iterate(batch, feedback=False)[-1]
     k = model.num_labels
     result: dict = {"seed": seed, "steps": steps}
     for i, it in enumerate(passes):
@@ -88,6 +90,9 @@ def run(
         folding = float((jacobian_determinant(it.ddf) <= 0).float().mean())
         result[f"pass_{i + 1}"] = {"seg": seg, "reg": reg, "seg_small": _small(seg),
                                    "reg_small": _small(reg), "folding": round(folding, 5)}  # fmt: skip
+    seg = _dice(ablation.seg.argmax(1, keepdim=True), test, k)
+    reg = _dice(ablation.warped_template.argmax(1, keepdim=True), test, k)
+    result["no_feedback"] = {"seg_small": _small(seg), "reg_small": _small(reg)}
     final = _dice(corrected.argmax(1, keepdim=True), test, k)
     result["corrected"] = {"seg": final, "seg_small": _small(final)}
     result["identity"] = {"reg": _dice(test["moving_label"], test, k)}

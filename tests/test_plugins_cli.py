@@ -27,6 +27,7 @@ PACKAGES = (
     "regzoo_dualprnet",
     "regzoo_rcn",
     "regzoo_ddir",
+    "regzoo_oar",
     "regzoo_example",
 )
 

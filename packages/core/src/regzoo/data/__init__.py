@@ -11,11 +11,13 @@ from .datasets import SynthDataset
 from .files import FilePairDataset, FolderDataset, Learn2RegDataset, Scan
 from .io import ImageInfo, load_ddf, load_image, save_ddf, save_image
 from .loader import StepSampler, collate, make_loader
+from .organs import SynthOrgansDataset
 from .preprocess import Preprocessing
 from .synth import SynthMorphGenerator
 
 __all__ = [
     "SynthDataset",
+    "SynthOrgansDataset",
     "SynthMorphGenerator",
     "FilePairDataset",
     "FolderDataset",

@@ -380,3 +380,22 @@ def test_sliding_regions_group_labels_and_are_checked() -> None:
         regzoo.build("dataset", {"name": "synth-sliding", "regions": [[0, 1], [2]]})
     with pytest.raises(ConfigError, match="intra"):
         regzoo.build("dataset", {"name": "synth-sliding", "pairing": "random"})
+
+
+def test_labelled_keeps_label_maps_of_the_first_training_subjects_only() -> None:
+    """The few-label setting: 20 training subjects, 5 labelled, a contrast per image; the flags
+    say which maps are real, the others are zeros; held-out splits stay labelled."""
+    config = {"num_subjects": {"train": 20}, "labelled": 5, "multimodal": True}
+    train = _synth(split="train", pairing="random", **config)
+    seen = set()
+    for i in range(40):
+        item = train[i]
+        for side in ("moving", "fixed"):
+            real = bool(item[f"{side}_labelled"])
+            seen.add(real)
+            assert real == bool(item[f"{side}_label"].any())
+    assert seen == {True, False}
+    test = _synth(split="test", **config)
+    assert "moving_labelled" not in test[0] and test[0]["fixed_label"].any()
+    with pytest.raises(ConfigError, match="labelled"):
+        _synth(split="train", num_subjects=4, labelled=5)

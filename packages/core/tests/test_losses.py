@@ -253,3 +253,50 @@ def test_mi_prefers_aligned_multimodal_images_and_ignores_intensity_scale():
     moving = shifted.clone().requires_grad_(True)
     mi(ta, moving).backward()
     assert torch.isfinite(moving.grad).all() and moving.grad.abs().sum() > 0
+
+
+def test_registration_loss_takes_the_label_term_over_labelled_pairs_only():
+    """With partially labelled data the label term is the one of the pairs whose two maps are
+    real; with no such pair it is left out."""
+    from regzoo.labels import one_hot
+    from regzoo.models import RegistrationLoss, RegistrationOutput
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (3, 1, 16, 16), generator=g)
+    warped = one_hot(torch.randint(0, 3, (3, 1, 16, 16), generator=g), 3)
+    image = torch.rand(3, 1, 16, 16, generator=g)
+    out = RegistrationOutput(warped=image, ddf=torch.zeros(3, 2, 16, 16), warped_label=warped)
+    loss = RegistrationLoss(
+        similarity={"name": "mse"}, segmentation={"name": "dice"}, seg_weight=1.0
+    )
+    batch = {"moving": image, "fixed": image, "moving_label": labels, "fixed_label": labels}
+    flags = {"moving_labelled": torch.tensor([True, True, False])}
+    flags["fixed_labelled"] = torch.tensor([True, False, True])
+    term = loss({**batch, **flags}, out)["segmentation"]
+    dice = regzoo.build("loss", {"name": "dice"})
+    assert torch.allclose(term, dice(warped[:1], one_hot(labels[:1], 3)))
+    none = {k: torch.zeros(3, dtype=torch.bool) for k in flags}
+    assert "segmentation" not in loss({**batch, **none}, out)
+
+
+def test_ema_update_is_a_direct_moving_average():
+    import copy
+
+    from regzoo.models import ema_update
+
+    student = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student(torch.randn(8, 3))  # BatchNorm statistics move
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ema_update(teacher, student, 0.9)
+    for name, param in teacher.named_parameters():
+        expected = 0.9 * before[name] + 0.1 * dict(student.named_parameters())[name]
+        assert torch.allclose(param, expected)
+    assert torch.equal(teacher[1].running_mean, student[1].running_mean)
+    with pytest.raises(ValueError, match="decay"):
+        ema_update(teacher, student, 1.5)
+    with pytest.raises(ValueError, match="differ"):
+        ema_update(torch.nn.Linear(3, 5), torch.nn.Linear(3, 4), 0.5)

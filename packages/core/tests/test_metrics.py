@@ -416,3 +416,46 @@ def test_region_grad_and_folding_equal_a_direct_computation():
         grad_means.append((energy / 2)[eroded].mean())
     assert float(region_folding(ddf, labels)) == pytest.approx(np.mean(folding_means))
     assert float(region_grad(ddf, labels)) == pytest.approx(np.mean(grad_means))
+
+
+def _seg_maps(seed: int, shape=(2, 1, 24, 24), k: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, k, (*shape[:2], shape[2] // 4, shape[3] // 4), generator=g)
+    return coarse.repeat_interleave(4, 2).repeat_interleave(4, 3)
+
+
+def _seg_logits(labels: torch.Tensor, k: int = 4) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels[:, 0], k).permute(0, 3, 1, 2).float()
+
+
+def test_segmentation_dice_is_scipys_mean_over_labels():
+    from scipy.spatial.distance import dice as dice_dissimilarity
+
+    from regzoo.metrics import segmentation_dice
+
+    pred, true = _seg_maps(0), _seg_maps(1)
+    ours = segmentation_dice(_seg_logits(pred), true)
+    for b in range(2):
+        p, t = pred[b].numpy().ravel(), true[b].numpy().ravel()
+        ids = sorted((set(np.unique(p)) | set(np.unique(t))) - {0})
+        expected = np.mean([1 - dice_dissimilarity(p == k, t == k) for k in ids])
+        assert float(ours[b]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_seg_dice_scores_the_segmentation_of_the_image_it_names():
+    """``seg-dice`` with ``image``, and its aliases ``seg-dice-moving`` / ``seg-dice-fixed``,
+    read that image's segmentation and labels only."""
+    from regzoo.metrics import segmentation_dice
+
+    pred, true, other = _seg_maps(2), _seg_maps(3), _seg_maps(4)
+    for image, twin in (("moving", "fixed"), ("fixed", "moving")):
+        inputs = {f"{image}_seg": _seg_logits(pred), f"{image}_label": true}
+        inputs.update({f"{twin}_seg": _seg_logits(other), f"{twin}_label": other, "ddf": None})
+        expected = segmentation_dice(_seg_logits(pred), true)
+        for config in ({"name": "seg-dice", "image": image}, f"seg-dice-{image}"):
+            metric = regzoo.build("metric", config)
+            assert metric.requires == (f"{image}_seg", f"{image}_label")
+            assert torch.allclose(metric(**inputs), expected)
+    assert regzoo.build("metric", "seg-dice").image == "fixed"
+    with pytest.raises(ValueError, match="needs fixed_seg"):
+        regzoo.build("metric", "seg-dice")(fixed_label=true)

@@ -10,14 +10,9 @@ from scipy.spatial.distance import dice as dice_dissimilarity
 
 import regzoo
 from regzoo.engine.evaluate import evaluate
+from regzoo.metrics import segmentation_dice
 from regzoo.testing import suite_config
-from regzoo_jssr.evaluation import (
-    chance_dice,
-    correlation_ratio,
-    evaluate_jssr,
-    label_agreement,
-    segmentation_dice,
-)
+from regzoo_jssr.evaluation import chance_dice, correlation_ratio, evaluate_jssr, label_agreement
 
 
 def _maps(seed: int, shape=(2, 1, 24, 24), k: int = 4) -> torch.Tensor:
@@ -28,25 +23,6 @@ def _maps(seed: int, shape=(2, 1, 24, 24), k: int = 4) -> torch.Tensor:
 
 def _logits(labels: torch.Tensor, k: int = 4) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels[:, 0], k).permute(0, 3, 1, 2).float()
-
-
-def test_segmentation_dice_is_scipys_mean_over_labels():
-    pred, true = _maps(0), _maps(1)
-    ours = segmentation_dice(_logits(pred), true)
-    for b in range(2):
-        p, t = pred[b].numpy().ravel(), true[b].numpy().ravel()
-        ids = sorted((set(np.unique(p)) | set(np.unique(t))) - {0})
-        expected = np.mean([1 - dice_dissimilarity(p == k, t == k) for k in ids])
-        assert float(ours[b]) == pytest.approx(expected, abs=1e-12)
-
-
-def test_segmentation_dice_metrics_score_the_models_segmentations():
-    pred, true = _maps(2), _maps(3)
-    for image in ("moving", "fixed"):
-        metric = regzoo.build("metric", f"seg-dice-{image}")
-        value = metric(**{f"{image}_seg": _logits(pred), f"{image}_label": true, "ddf": None})
-        assert torch.allclose(value, segmentation_dice(_logits(pred), true))
-        assert metric.requires == (f"{image}_seg", f"{image}_label")
 
 
 def test_chance_dice_is_the_mean_dice_of_shuffled_predictions():

@@ -37,6 +37,7 @@ __all__ = [
     "warp_label_probabilities",
     "warp_labels",
     "labels_around",
+    "labelled_pairs",
 ]
 
 BUDGET_ENV = "REGZOO_ONE_HOT_MAX_GB"
@@ -262,3 +263,16 @@ def labels_around(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     maps = one_hot(labels, num_classes)
     pool = F.max_pool2d if maps.dim() == 4 else F.max_pool3d
     return pool(maps, 3, stride=1, padding=1).sum(1, keepdim=True).long()
+
+
+def labelled_pairs(batch: Mapping[str, Any]) -> torch.Tensor | None:
+    """Which pairs of a batch have both label maps, ``(B,)`` bool, from the flags
+    ``moving_labelled`` / ``fixed_labelled`` of partially labelled data (the other pairs'
+    maps are placeholders); ``None`` when the batch has no flags (every map is real)."""
+    flags = [batch[k] for k in ("moving_labelled", "fixed_labelled") if k in batch]
+    if not flags:
+        return None
+    rows = flags[0].bool()
+    for flag in flags[1:]:
+        rows = rows & flag.bool()
+    return rows.flatten()

@@ -3,8 +3,8 @@
 Fengze Liu et al., ECCV 2020 (arXiv 2005.12209). Registers the models ``jssr`` and
 ``jssr-mi-baseline`` (its register alone, trained with mutual information), the datasets
 ``synth-two-contrast`` (synthetic pairs with one contrast per modality, JSSR's set-up) and
-``folder-multimodal`` (NIfTI files with a modality per file), and the metrics
-``seg-dice-moving`` / ``seg-dice-fixed`` (Dice of a model's segmentations). The models' configs
+``folder-multimodal`` (NIfTI files with a modality per file); its segmentations are scored by
+core's ``seg-dice-moving`` / ``seg-dice-fixed``. The models' configs
 (:class:`JSSRConfig`, :class:`MIBaselineConfig`) are the one source of their defaults; the
 networks are imported when a model is built (the datasets, subclasses of core's, import torch
 with the package).
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from regzoo import Paper, register_metric, register_model
+from regzoo import Paper, register_model
 
 from . import data
 from .data import ModalityFolderDataset, TwoContrastSynth
@@ -180,29 +180,3 @@ register_model(
         "test": {"model": {"backbone": PRESETS["test"]["model"]["backbone"]}},
     },
 )
-
-
-@register_metric(
-    "seg-dice-moving",
-    summary="Dice of the model's segmentation of the moving image (moving_seg) vs moving labels.",
-    paper=JSSR_2020,
-    tags=("2d", "3d", "labels", "joint-seg"),
-)
-def seg_dice_moving() -> Any:
-    """Mean Dice over labels of ``moving_seg``'s arg-max and ``moving_label`` (background out)."""
-    from .evaluation import SegmentationDice
-
-    return SegmentationDice("moving")
-
-
-@register_metric(
-    "seg-dice-fixed",
-    summary="Dice of the model's segmentation of the fixed image (fixed_seg) vs fixed labels.",
-    paper=JSSR_2020,
-    tags=("2d", "3d", "labels", "joint-seg"),
-)
-def seg_dice_fixed() -> Any:
-    """Mean Dice over labels of ``fixed_seg``'s arg-max and ``fixed_label`` (background out)."""
-    from .evaluation import SegmentationDice
-
-    return SegmentationDice("fixed")

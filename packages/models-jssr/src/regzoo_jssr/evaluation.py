@@ -1,7 +1,6 @@
 """What JSSR is judged by besides registration Dice: its segmentations and its synthesis.
 
-- :func:`segmentation_dice`: Dice of S's arg-max against a label map, mean over labels
-  (background excluded, as :func:`regzoo.metrics.dice_per_label`).
+- :func:`~regzoo.metrics.segmentation_dice` (core): Dice of S's arg-max against a label map.
 - :func:`chance_dice`: the Dice a segmentation with the same label frequencies, placed
   independently of the truth, has in expectation: ``2 p_k q_k / (p_k + q_k)`` per label, for
   predicted and true label fractions ``p_k`` and ``q_k``. "Above chance" is above this.
@@ -13,9 +12,9 @@
   voxels where the moving and fixed labels disagree, S(G(x, y)) agreeing with the moving labels
   rather than the fixed ones says the same through the segmentor.
 - :func:`evaluate_jssr`: all of these, and registration Dice, over the pairs of a dataset.
-- :class:`SegmentationDice`: the registered metrics ``seg-dice-moving`` and ``seg-dice-fixed``,
-  :func:`segmentation_dice` of a model's ``moving_seg`` / ``fixed_seg`` output, for
-  ``eval.metrics`` (computed where the evaluation hands the metrics the model's segmentations).
+
+For ``eval.metrics`` the segmentations are scored by core's ``seg-dice-moving`` /
+``seg-dice-fixed`` (:class:`regzoo.metrics.SegmentationDice`).
 """
 
 from __future__ import annotations
@@ -27,51 +26,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from regzoo.labels import warp_labels
-from regzoo.metrics import Metric, dice_per_label, folding, label_ids
+from regzoo.metrics import dice_per_label, folding, label_ids, segmentation_dice
 
 __all__ = [
-    "segmentation_dice",
     "chance_dice",
     "correlation_ratio",
     "label_agreement",
     "evaluate_jssr",
-    "SegmentationDice",
 ]
-
-
-def segmentation_dice(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean Dice of ``logits.argmax(1)`` against ``labels`` over the non-zero labels in either.
-
-    Args:
-        logits: ``(B, K, *S)`` segmentation scores.
-        labels: ``(B, 1, *S)`` integer map.
-    Returns:
-        ``(B,)`` float64.
-    """
-    return dice_per_label(logits.argmax(1, keepdim=True), labels).nanmean(1)
-
-
-class SegmentationDice(Metric):
-    """:func:`segmentation_dice` of the model's segmentation of one image against its labels.
-
-    Called as registered metrics are (keyword inputs); needs ``<image>_seg`` (the model's logits,
-    ``(B, K, *S)``) and ``<image>_label`` (``(B, 1, *S)``).
-
-    Args:
-        image: ``"moving"`` or ``"fixed"``.
-    """
-
-    higher_is_better = True
-
-    def __init__(self, image: str) -> None:
-        if image not in ("moving", "fixed"):
-            raise ValueError(f"image must be 'moving' or 'fixed', got {image!r}")
-        self.image = image
-        self.requires = (f"{image}_seg", f"{image}_label")
-
-    def compute(self, **inputs: Any) -> torch.Tensor:
-        seg, labels = (inputs[key] for key in self.requires)
-        return segmentation_dice(seg.detach(), labels).cpu()
 
 
 def chance_dice(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Commands on files: ``regzoo register`` (pairs of NIfTI images) and ``regzoo apply`` (a written field)."""
+"""Commands on files: ``regzoo register`` (pairs of NIfTI images), ``regzoo apply`` (a written
+field) and ``regzoo segment`` (an image, by a model that segments)."""
 
 from __future__ import annotations
 
@@ -389,6 +390,82 @@ def apply_command(
     on_field_grid = same_grid(info.shape, info.grid_affine, finfo.shape, finfo.grid_affine)
     try:
         save_image(warped, info if on_field_grid else finfo, out)
+    except OSError as err:
+        raise _write_error(out, err) from None
+    typer.echo(f"wrote {out}")
+
+
+@app.command("segment")
+def segment_command(
+    model: Annotated[
+        str,
+        typer.Argument(help="A checkpoint of a model that segments, or a registered name."),
+    ],
+    image: Annotated[Path, typer.Option("--image", help="The image to segment.")],
+    out: Annotated[Path, typer.Option("--out", help="The label map to write (.nii.gz).")],
+    pair_with: Annotated[
+        PathOpt,
+        typer.Option(
+            "--pair-with",
+            help="The other image of the pair, for models that segment pairs (default: the "
+            "image itself).",
+        ),
+    ] = None,
+    weights: Annotated[
+        PathOpt, typer.Option("--weights", help="Weights for a registered model name.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Segment an image with a model that segments (its moving_seg / fixed_seg output).
+
+    The image is the pair's fixed image (its moving image --pair-with, or itself); a model that
+    segments only moving images segments it as the moving image instead. The label map is written
+    atomically in the image's own geometry, with the original label values of the model's
+    training data, never over an existing file without --force.
+    """
+    import torch
+
+    from ..atomic import atomic_path
+    from ..data.io import load_image, save_image
+    from ..engine import setup_runtime
+    from ..engine.register import PairFiles, load_pair, predicted_labels
+
+    _check_exists(image, pair_with)
+    other = image if pair_with is None else pair_with
+    for given in (image, other):
+        if os.path.abspath(out) == os.path.abspath(given):
+            raise UserError(f"--out {out} is the input {given}; write the result elsewhere")
+    if out.is_dir():
+        raise UserError(f"--out {out}: a folder is in the way")
+    if out.exists() and not force:
+        raise UserError(f"--out {out} exists; --force replaces it")
+    ndim = load_image(image)[1].ndim
+    runtime = setup_runtime(device, threads)
+    net, preprocessing = _load_model(model, weights, ndim)
+    net = net.to(runtime.device).eval()
+    if net.reads_labels:
+        raise UserError(f"{model} needs label maps to register; it does not segment images")
+    result = None
+    for files, key in (
+        (PairFiles(other, image), "fixed_seg"),
+        (PairFiles(image, other), "moving_seg"),
+    ):
+        pair = load_pair(files, preprocessing)
+        batch = {k: v.to(runtime.device) for k, v in net.test_inputs(pair.batch).items()}
+        with torch.no_grad():
+            logits = getattr(net(batch), key)
+        if logits is not None:
+            info = pair.fixed_info if key == "fixed_seg" else pair.moving_info
+            result = predicted_labels(logits, net.label_table)[0], info, pair.grid_affine
+            break
+    if result is None:
+        raise UserError(f"{model} does not segment images (no moving_seg or fixed_seg output)")
+    labels, info, grid_affine = result
+    try:
+        with atomic_path(out, suffix=".nii.gz") as tmp:
+            save_image(labels, info, tmp, affine=grid_affine)
     except OSError as err:
         raise _write_error(out, err) from None
     typer.echo(f"wrote {out}")

@@ -144,6 +144,11 @@ class SynthDataset(Dataset):
         mask_labels: labels whose voxels make the masks ``moving_mask``/``fixed_mask``; ``None``:
             no masks.
         landmarks: corresponding landmark pairs per item; 0: none.
+        labelled: partially labelled training data: only the first ``labelled`` subjects of the
+            ``train`` split carry label maps (the few-label setting of joint registration and
+            segmentation); the others' maps are zeros, and every item of that split says which
+            are real with ``moving_labelled`` / ``fixed_labelled`` ``()`` bool. ``None``: every
+            subject is labelled. Held-out splits stay labelled, for evaluation.
         length: number of items; default from ``pairing`` (fixed scans) or 10000 (fresh).
         fresh: draw new scans for every item; default True for train, False otherwise.
         seed: the population (template, contrasts, subjects).
@@ -174,6 +179,7 @@ class SynthDataset(Dataset):
         ground_truth: bool = True,
         mask_labels: Sequence[int] | None = None,
         landmarks: int = 0,
+        labelled: int | None = None,
         length: int | None = None,
         fresh: bool | None = None,
         seed: int = 0,
@@ -213,6 +219,12 @@ class SynthDataset(Dataset):
             raise ConfigError(f"synth: landmarks must be 0 or more, got {landmarks}")
         self.mask_labels = None if mask_labels is None else [int(v) for v in mask_labels]
         self.landmarks = int(landmarks)
+        self.labelled = None if labelled is None or split != "train" else int(labelled)
+        if self.labelled is not None and not 0 <= self.labelled <= self.num_subjects:
+            raise ConfigError(
+                f"synth: labelled must be a number of training subjects in "
+                f"[0, {self.num_subjects}], got {labelled}"
+            )
         self.fresh = split == "train" if fresh is None else bool(fresh)
         natural = natural_length(pairing, self.num_subjects)
         self.length = (
@@ -320,6 +332,11 @@ class SynthDataset(Dataset):
                 points = self._landmark_points(fixed_label[0], inside[0], f_key)
                 item["fixed_landmarks"] = points
                 item["moving_landmarks"] = points + sample_field(true_ddf[None], points[None])[0]
+            if self.labelled is not None:
+                for side, subject in (("moving", m), ("fixed", f)):
+                    item[f"{side}_labelled"] = torch.tensor(subject < self.labelled)
+                    if subject >= self.labelled:
+                        item[f"{side}_label"] = torch.zeros_like(item[f"{side}_label"])
         return item
 
     def _mask(self, labels: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,7 @@ __all__ = [
     "trajectory_of",
     "check_result",
     "write_outputs",
+    "predicted_labels",
     "output_names",
     "learn2reg_name",
 ]
@@ -330,6 +331,20 @@ def _to_file_voxels(ddf: np.ndarray, info: ImageInfo) -> np.ndarray:
     return data if len(info.file_shape) >= 3 else data[..., None, :]
 
 
+def predicted_labels(
+    logits: torch.Tensor | None, label_table: LabelTable | None
+) -> torch.Tensor | None:
+    """A segmentation's label map ``(B, 1, *S)`` int64 from its logits ``(B, K, *S)``: the
+    arg-max, as original label values of ``label_table`` (the model's) when there is one."""
+    if logits is None:
+        return None
+    if label_table is None:
+        return logits.detach().argmax(1, True).cpu()
+    # a head wider than the table: its extra classes never had a label to learn
+    index = logits.detach()[:, : label_table.num_classes].argmax(1, True).cpu()
+    return label_table.decode(index)
+
+
 def write_outputs(
     out_dir: str | Path,
     pair: LoadedPair,
@@ -365,23 +380,14 @@ def write_outputs(
     def first(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.detach().cpu()[0]
 
-    def predicted(logits: torch.Tensor | None) -> torch.Tensor | None:
-        if logits is None:
-            return None
-        if label_table is None:
-            return logits.detach().argmax(1, True).cpu()
-        # a head wider than the table: its extra classes never had a label to learn
-        index = logits.detach()[:, : label_table.num_classes].argmax(1, True).cpu()
-        return label_table.decode(index)
-
     arrays = {
         "warped": pair.warp_moving(field),
         "ddf": field,
         "warped_seg": None if pair.moving_label is None else pair.warp_moving(field, label=True),
         "uncertainty": first(out.uncertainty),
         "synthesized": first(out.synthesized),
-        "moving_seg_pred": first(predicted(out.moving_seg)),
-        "fixed_seg_pred": first(predicted(out.fixed_seg)),
+        "moving_seg_pred": first(predicted_labels(out.moving_seg, label_table)),
+        "fixed_seg_pred": first(predicted_labels(out.fixed_seg, label_table)),
     }
     written = []
     with atomic_dir(out_dir, replace=replace) as tmp:

@@ -16,6 +16,8 @@ Each registered metric is built from its config and called with keyword argument
 - ``success-auc``: per pair its mean landmark error in mm; its summary (:meth:`Metric.aggregate`)
   is the normalised area under the success-rate curve over all pairs (thresholds 0-25 mm: pixels
   of a photograph).
+- ``seg-dice`` (``image: moving | fixed``; aliases ``seg-dice-moving``, ``seg-dice-fixed``): the
+  Dice of a model's own segmentation (``moving_seg`` / ``fixed_seg``) against the labels.
 - ``region-folding``, ``region-grad``: the folded fraction and the Grad-l2 energy inside each region
   of the fixed label map eroded by one voxel, averaged over regions; ``boundary-error``: mean
   distance in voxels to the true field (``true_ddf``) within 3 voxels of region boundaries.
@@ -54,6 +56,7 @@ from .regions import (
     region_folding,
     region_grad,
 )
+from .segmentation import SegmentationDice, segmentation_dice
 from .summary import summarize
 from .surface import (
     ASD,
@@ -101,6 +104,8 @@ __all__ = [
     "success_auc",
     "SuccessAUC",
     "summarize",
+    "segmentation_dice",
+    "SegmentationDice",
     "eroded_regions",
     "region_folding",
     "region_grad",

@@ -1,6 +1,8 @@
-"""The model contract: base class, batch keys, output type, optimiser interface, usual objective."""
+"""The model contract: base class, batch keys, output type, optimiser interface, usual objective,
+and the EMA update of teacher-student methods."""
 
 from .base import Batch, RegistrationModel
+from .ema import ema_update
 from .objective import RegistrationLoss
 from .optim import Optimizers
 from .output import (
@@ -21,4 +23,5 @@ __all__ = [
     "BATCH_IMAGE_KEYS",
     "BATCH_LABEL_KEYS",
     "contract_problem",
+    "ema_update",
 ]

@@ -9,7 +9,8 @@ is ``0.5 * similarity(warped, fixed) + 0.5 * similarity(fixed warped by inverse_
 Each part is a registry config (``{"name": "lncc", "window": 9}``), so a model's loss is swapped
 from the command line (``model.loss.similarity.name=ncc``). The segmentation term is skipped when
 the batch has no labels, which makes the same object the label-free objective of instance
-optimisation.
+optimisation; with partially labelled data it is taken over the pairs whose two label maps are
+real (:func:`regzoo.labels.labelled_pairs`), and skipped when there is none.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..labels import one_hot, warp_label_probabilities
+from ..labels import labelled_pairs, one_hot, warp_label_probabilities
 from ..registry import build
 from ..spatial import resize_field, warp
 from .output import RegistrationOutput
@@ -90,8 +91,13 @@ class RegistrationLoss(nn.Module):
             and out.warped_label is not None
             and "fixed_label" in batch
         ):
-            terms["segmentation"] = self.segmentation(*self._label_maps(batch, out))
-            total = total + self.seg_weight * terms["segmentation"]
+            rows = labelled_pairs(batch)
+            if rows is None or bool(rows.any()):
+                warped, fixed = self._label_maps(batch, out)
+                if rows is not None:  # only the pairs whose two label maps are real
+                    warped, fixed = warped[rows], fixed[rows]
+                terms["segmentation"] = self.segmentation(warped, fixed)
+                total = total + self.seg_weight * terms["segmentation"]
         terms["loss"] = total
         return terms
 

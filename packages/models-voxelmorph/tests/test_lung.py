@@ -83,3 +83,16 @@ def test_quick_preset_lowers_landmark_tre_by_30_percent(tmp_path):
     before, after = metrics["identity"]["tre"], metrics["summary"]["tre"]
     assert after <= 0.7 * before, (before, after)
     assert metrics["summary"]["folding"] < 0.01
+
+
+def test_with_both_masks_in_the_data_evaluation_skips_the_mask_network():
+    """At test time the data's masks are used as they are: the mask network does not run, and the
+    label-free objective (instance optimisation) has no mask-segmentation term."""
+    torch.manual_seed(0)
+    model = regzoo.create_model("voxelmorph-lung", ndim=2).eval()
+    batch = _lung_batch()
+    calls = _spy(model.mask_net)
+    with torch.no_grad():
+        out = model(batch)
+    assert not calls and "moving_mask_logits" not in out.extras
+    assert "mask_segmentation" not in model.loss(batch, out)

@@ -240,7 +240,9 @@ class VoxelMorph(RegistrationModel):
         """The mask network's logits (in ``extras``) and the masks ``(B, 1, *S)`` float of both
         images: the batch's where it has them, else the network's (sigmoid > 0.5), else None."""
         extras: dict[str, torch.Tensor] = {}
-        if self.mask_net is not None:
+        both = all(batch.get(f"{side}_mask") is not None for side in ("moving", "fixed"))
+        # the network's masks are needed where the batch lacks one, and its logits for training
+        if self.mask_net is not None and (self.training or not both):
             logits = self.mask_net(torch.cat([batch["moving"], batch["fixed"]], dim=0))
             extras["moving_mask_logits"], extras["fixed_mask_logits"] = logits.chunk(2)
         masks = []
@@ -301,7 +303,7 @@ class VoxelMorph(RegistrationModel):
             warped_mask = warp(out.extras["moving_mask"], out.ddf)
             terms["mask_overlap"] = self.mask_dice(warped_mask, out.extras["fixed_mask"])
             terms["loss"] = terms["loss"] + self.mask_weight * terms["mask_overlap"]
-        if self.mask_net is not None and "moving_mask" in batch and "fixed_mask" in batch:
+        if "moving_mask_logits" in out.extras and "moving_mask" in batch and "fixed_mask" in batch:
             logits = torch.cat([out.extras["moving_mask_logits"], out.extras["fixed_mask_logits"]])
             target = torch.cat([batch["moving_mask"], batch["fixed_mask"]]).to(logits.dtype)
             terms["mask_segmentation"] = self.mask_dice(torch.sigmoid(logits), target)

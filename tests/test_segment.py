@@ -64,6 +64,7 @@ def checkpoint(folder, tmp_path_factory) -> Path:
     return run / "last.pt"
 
 
+@pytest.mark.slow  # trains a checkpoint first
 def test_segment_writes_original_label_values_in_the_image_geometry(folder, checkpoint, tmp_path):
     out = tmp_path / "seg.nii.gz"
     image = folder / "img1.nii.gz"

@@ -38,7 +38,7 @@ from regzoo import build
 from regzoo.errors import ConfigError, UserError
 from regzoo.labels import one_hot
 from regzoo.models import Batch, RegistrationModel, RegistrationOutput
-from regzoo.nn import conv_nd
+from regzoo.nn import field_head
 from regzoo.spatial import warp
 
 from . import DDIRConfig, SDDIRConfig
@@ -80,15 +80,9 @@ class RegionNetwork(nn.Module):
                 "strided": True,
             },
         )
-        self.flow = self._head(ndim, std=1e-5, bias=0.0)
-        self.flow_logsigma = self._head(ndim, std=1e-10, bias=-10.0)
-
-    def _head(self, ndim: int, std: float, bias: float) -> nn.Module:
-        conv = conv_nd(ndim)(self.unet_model.out_channels, ndim, 3, padding=1)
-        with torch.no_grad():
-            conv.weight.normal_(0.0, std)
-            conv.bias.fill_(bias)
-        return conv
+        width = self.unet_model.out_channels
+        self.flow = field_head(ndim, width)
+        self.flow_logsigma = field_head(ndim, width, std=1e-10, bias=-10.0)
 
     def forward(self, pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.unet_model(pair)

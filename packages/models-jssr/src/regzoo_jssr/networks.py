@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from regzoo import ConfigError, build
-from regzoo.nn.blocks import ConvBlock, activation, conv_nd, max_pool_nd, norm_nd, upsample_to
+from regzoo.nn.blocks import (
+    ConvBlock,
+    activation,
+    conv_nd,
+    field_head,
+    max_pool_nd,
+    norm_nd,
+    upsample_to,
+)
 
 __all__ = ["Generator", "PatchDiscriminator", "Register", "Segmentor"]
 
@@ -183,10 +191,7 @@ class Register(nn.Module):
                 f"JSSR's register needs a dense-field transformer (dense, svf), got "
                 f"{transformer.get('name')!r}"
             )
-        self.flow = conv_nd(ndim)(self.backbone.out_channels, ndim, 3, padding=1)
-        # VoxelMorph's flow initialisation: the network starts at (nearly) the identity.
-        nn.init.normal_(self.flow.weight, 0.0, 1e-5)
-        nn.init.zeros_(self.flow.bias)
+        self.flow = field_head(ndim, self.backbone.out_channels)
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         params = self.flow(self.backbone(torch.cat([source, target], dim=1)))

@@ -54,7 +54,7 @@ from regzoo import build
 from regzoo.errors import ConfigError
 from regzoo.labels import one_hot
 from regzoo.models import Batch, RegistrationModel, RegistrationOutput
-from regzoo.nn import conv_nd
+from regzoo.nn import conv_nd, field_head
 from regzoo.spatial import compose, warp
 
 from . import OARJointConfig
@@ -254,9 +254,7 @@ class OARJoint(RegistrationModel):
         )
         conv = conv_nd(ndim)
         self.reg_net = self._backbone(registration, "registration", 2 * in_channels + 2 * organs)
-        self.flow = conv(self.reg_net.out_channels, ndim, 3, padding=1)
-        nn.init.normal_(self.flow.weight, std=1e-5)
-        nn.init.zeros_(self.flow.bias)
+        self.flow = field_head(ndim, self.reg_net.out_channels)
         self.transformer = build("transformer", {"name": transformer})
         self.seg_net = self._backbone(segmentation, "segmentation", in_channels + 1 + organs)
         self.seg_head = conv(self.seg_net.out_channels, 2, 1)

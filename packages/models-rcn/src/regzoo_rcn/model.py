@@ -28,7 +28,7 @@ from torch import nn
 from regzoo import build
 from regzoo.errors import ConfigError
 from regzoo.models import Batch, RegistrationModel, RegistrationOutput
-from regzoo.nn import conv_nd
+from regzoo.nn import field_head
 from regzoo.spatial import affine_to_ddf, compose, warp
 
 from . import RCNConfig
@@ -65,9 +65,7 @@ class DeformableCascade(nn.Module):
         elif isinstance(name, str):
             config = {"name": name, **base, "ndim": ndim, "in_channels": 2 * in_channels}
             self.net = build("backbone", config)
-            self.head = conv_nd(ndim)(self.net.out_channels, ndim, 3, padding=1)
-            nn.init.normal_(self.head.weight, std=1e-5)
-            nn.init.zeros_(self.head.bias)
+            self.head = field_head(ndim, self.net.out_channels)
         else:
             raise ConfigError(f"rcn: model.base needs a 'name' ('vtn' or a backbone), got {name!r}")
 

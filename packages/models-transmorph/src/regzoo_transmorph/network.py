@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from regzoo.nn import channels_last, conv_nd, interpolation_mode, norm_nd
+from regzoo.nn import channels_last, conv_nd, field_head, interpolation_mode, norm_nd
 
 from .configs import TransMorphConfig
 from .swin import SwinEncoder
@@ -127,11 +127,9 @@ class DecoderBlock(nn.Module):
 def registration_head(
     ndim: int, in_channels: int, out_channels: int | None = None
 ) -> nn.Sequential:
-    """3x3(x3) convolution to a field, weights drawn from N(0, 1e-5) and zero bias (official init)."""
-    conv = conv_nd(ndim)(in_channels, out_channels or ndim, 3, padding=1)
-    nn.init.normal_(conv.weight, 0.0, 1e-5)
-    nn.init.zeros_(conv.bias)
-    return nn.Sequential(conv)
+    """3x3(x3) convolution to a field, weights drawn from N(0, 1e-5) and zero bias (official init),
+    in a Sequential as the official ``RegistrationHead`` (state_dict ``reg_head.0.*``)."""
+    return nn.Sequential(field_head(ndim, in_channels, out_channels))
 
 
 def _drop_sampling_grid(state_dict, prefix, *args) -> None:

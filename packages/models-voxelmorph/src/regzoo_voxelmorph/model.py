@@ -53,7 +53,7 @@ from torch import nn
 from regzoo import build
 from regzoo.errors import ConfigError
 from regzoo.models import Batch, RegistrationLoss, RegistrationModel, RegistrationOutput
-from regzoo.nn import conv_nd
+from regzoo.nn import conv_nd, field_head
 from regzoo.spatial import warp
 
 from . import VoxelMorphConfig
@@ -153,9 +153,11 @@ class VoxelMorph(RegistrationModel):
                 "half_res": half_res,
             },
         )
-        self.flow = self._head(std=1e-5, bias=0.0)
+        self.flow = field_head(ndim, self.unet_model.out_channels)
         if probabilistic:
-            self.flow_logsigma = self._head(std=1e-10, bias=-10.0)
+            self.flow_logsigma = field_head(
+                ndim, self.unet_model.out_channels, std=1e-10, bias=-10.0
+            )
         transformer = _as_config(transformer)
         self.transformer = build("transformer", transformer)
         if probabilistic:
@@ -181,13 +183,6 @@ class VoxelMorph(RegistrationModel):
             self.mask_net = nn.Sequential(unet, head)
         if self.mask_net is not None or self.mask_weight:
             self.mask_dice = build("loss", {"name": "dice", "complement": True})
-
-    def _head(self, std: float, bias: float) -> nn.Module:
-        conv = conv_nd(self.ndim)(self.unet_model.out_channels, self.ndim, 3, padding=1)
-        with torch.no_grad():
-            conv.weight.normal_(0.0, std)
-            conv.bias.fill_(bias)
-        return conv
 
     def forward(self, batch: Batch) -> RegistrationOutput:
         """``moving``, ``fixed`` ``(B, C, *S)`` (and optional ``moving_label``) to the output.

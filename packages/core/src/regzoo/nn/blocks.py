@@ -24,6 +24,7 @@ __all__ = [
     "interpolation_mode",
     "upsample_to",
     "ConvBlock",
+    "field_head",
 ]
 
 _NORMS = (None, "instance", "batch")
@@ -39,6 +40,24 @@ def _check_ndim(ndim: int) -> int:
 def conv_nd(ndim: int) -> type[nn.Module]:
     """``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` for ``ndim`` spatial dimensions."""
     return getattr(nn, f"Conv{_check_ndim(ndim)}d")
+
+
+def field_head(
+    ndim: int,
+    in_channels: int,
+    out_channels: int | None = None,
+    std: float = 1e-5,
+    bias: float = 0.0,
+) -> nn.Module:
+    """The 3x3(x3) convolution that turns features into a field ``(B, out_channels or ndim,
+    *S)``, weights drawn from N(0, ``std``) and a constant ``bias``: VoxelMorph's initialisation
+    (std 1e-5, bias 0), which starts a network at (nearly) the identity transform; a
+    log-variance head takes std 1e-10 and bias -10 (VoxelMorph-diff)."""
+    conv = conv_nd(ndim)(in_channels, out_channels or ndim, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.normal_(0.0, std)
+        conv.bias.fill_(bias)
+    return conv
 
 
 def conv_transpose_nd(ndim: int) -> type[nn.Module]:

@@ -368,8 +368,9 @@ def test_sliding_pairs_tear_at_region_boundaries_and_are_smooth_inside() -> None
 
 
 def test_sliding_regions_group_labels_and_are_checked() -> None:
-    """Labels of one region move together: across their boundaries the field changes as little as inside a
-    region (a continuous field would give a ratio near 1)."""
+    """Labels of one region move together: the field jumps across region boundaries at least
+    twice as much as across the boundary between two labels of one region (a field continuous
+    everywhere would give a ratio near 1)."""
     step, below, above = _steps(_sliding(regions=[[0, 1], [2, 3]]))
     same_region = (below // 2 == above // 2) & (below != above)
     other_region = below // 2 != above // 2

@@ -7,10 +7,13 @@ uses F_S's predictions), the 1:20 alternation, Semi-DeepAtlas's stages, and the 
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 
 import regzoo
+from regzoo.cli import main
 from regzoo.engine.optim import make_optimizer
 from regzoo.errors import ConfigError
 from regzoo.models import Optimizers
@@ -151,3 +154,20 @@ def test_bad_config_is_one_clear_error():
         _model(seg_features=[4, 8])
     with pytest.raises(ConfigError, match="reg_per_seg"):
         _model(reg_per_seg=0)
+
+
+def test_train_logs_the_stage_of_every_step(tmp_path):
+    """``regzoo train deepatlas``: Semi-DeepAtlas's stages and the alternation in ``log.csv``
+    (tiny networks, 1 + 1 steps of pre-training, then one F_S step per 2 F_R steps)."""
+    args = [
+        "train", "deepatlas", "--out", str(tmp_path), "--threads", "1", "preset=test",
+        "data.name=synth", "data.size=32", "data.num_labels=4", "data.labelled=1",
+        "data.num_subjects={train: 4, val: 2, test: 2}", "data.pairing=atlas",
+        "model.one_shot=true", "model.pretrain_steps=1", "model.seg_steps=1",
+        "train.steps=8", "train.batch_size=2", "train.log_every=1", "eval.overview=false",
+        "eval.max_pairs=1", "eval.metrics=[dice,seg-dice-fixed]",
+    ]  # fmt: skip
+    assert main(args) == 0
+    with (tmp_path / "log.csv").open() as fh:
+        stages = [row["stage"] for row in csv.DictReader(fh)]
+    assert stages == ["pretrain-reg", "train-seg"] + ["joint-seg", "joint-reg", "joint-reg"] * 2

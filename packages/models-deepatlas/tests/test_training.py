@@ -9,13 +9,18 @@ the narrow networks twice from the same initialisation, batch 4, Adam lr 1e-3:
 - separate: the same networks, F_R unsupervised (``L_i + lambda_r L_r``) and F_S supervised on
   the labelled images (``L_sp``), each for as many optimiser updates as the joint run gave it.
 
-Scored on 16 held-out labelled pairs: F_S's Dice (its arg-max on both images against their
+The training pairs register every subject to the labelled one (``pairing: atlas``, the
+Semi-DeepAtlas set-up: with random pairs only one batch in three holds the labelled image and
+F_S, 86 updates in 1230 steps, stayed near chance in both runs). The runs share F_R's
+unsupervised pre-training (copied at its end, with the optimiser state). Scored on 16 held-out
+labelled random pairs: F_S's Dice (its arg-max on both images against their
 labels) and F_R's Dice (the moving labels warped, nearest, against the fixed labels), labels
 1-5. Seeds run as parallel processes.
 """
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 from collections import Counter
 from typing import Any
@@ -83,11 +88,15 @@ def _data() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     )
 
 
-def _batches(pool: dict[str, torch.Tensor], seed: int):
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        idx = torch.randint(0, POOL, (BATCH,), generator=g)
-        yield {k: v[idx] for k, v in pool.items()}
+class Batches:
+    """Batches of random pool rows, drawn once per seed: ``batches[i]`` is the i-th batch."""
+
+    def __init__(self, pool: dict[str, torch.Tensor], seed: int, count: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.pool, self.rows = pool, torch.randint(0, POOL, (count, BATCH), generator=g)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[self.rows[i]] for k, v in self.pool.items()}
 
 
 def _scores(model: Any, test: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -108,22 +117,22 @@ def _run(seed: int) -> tuple[int, dict[str, dict[str, float]]]:
     pool, test = _data()
     torch.manual_seed(seed)
     joint = regzoo.create_model("deepatlas", **MODEL).train()
-    separate = regzoo.create_model("deepatlas", **MODEL).train()
-    separate.load_state_dict(joint.state_dict())
-
     optim = CountingOptimizers(joint)
-    batches = _batches(pool, seed)
-    for step in range(PRETRAIN + SEG_STEPS + JOINT):
-        joint.training_step(next(batches), optim, step)
+    steps = PRETRAIN + SEG_STEPS + JOINT
+    batches = Batches(pool, seed, 2 * steps)
+    for step in range(steps):
+        if step == PRETRAIN:
+            # Both runs share the unsupervised pre-training of F_R; F_S is still untouched.
+            separate, base = copy.deepcopy((joint, optim))
+        joint.training_step(batches[step], optim, step)
 
-    base = CountingOptimizers(separate)
-    batches = _batches(pool, seed)
+    index = PRETRAIN
     while base.updates["registration"] < optim.updates["registration"]:
-        batch = next(batches)
+        batch, index = batches[index], index + 1
         ddf = separate.reg_net(batch["moving"], batch["fixed"])
         base.step(separate.registration_terms(batch, ddf, anatomy=False)["loss"], "registration")
     while base.updates["segmentation"] < optim.updates["segmentation"]:
-        batch = next(batches)
+        batch, index = batches[index], index + 1
         logits = [separate.seg_net(batch[side]) for side in ("moving", "fixed")]
         supervised = separate.supervised(batch, *logits)
         if supervised is not None:
@@ -140,7 +149,10 @@ def results() -> dict[int, dict[str, dict[str, float]]]:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_joint_training_raises_both_dice(results, seed):
+    """Measured (seeds 0 / 1), joint against separate: F_S Dice 0.409 / 0.363 against
+    0.226 / 0.233; F_R Dice 0.441 / 0.426 against 0.417 / 0.404 (900 F_R and 330 F_S updates
+    in both)."""
     joint, separate = results[seed]["joint"], results[seed]["separate"]
-    print(seed, joint, separate)
+    assert joint["registration_updates"] == 900 and joint["segmentation_updates"] == 330
     assert joint["seg_dice"] >= separate["seg_dice"] + 0.02
     assert joint["reg_dice"] >= separate["reg_dice"] + 0.02

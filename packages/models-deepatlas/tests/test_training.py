@@ -138,7 +138,11 @@ def _run(seed: int) -> tuple[int, dict[str, dict[str, float]]]:
         if supervised is not None:
             base.step(separate.sup_weight * supervised, "segmentation")
     counts = {f"{k}_updates": float(v) for k, v in optim.updates.items()}
-    return seed, {"joint": {**_scores(joint, test), **counts}, "separate": _scores(separate, test)}
+    identity = dice_per_label(test["moving_label"], test["fixed_label"], LABELS).nanmean()
+    return seed, {
+        "joint": {**_scores(joint, test), **counts, "identity_dice": float(identity)},
+        "separate": _scores(separate, test),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +160,15 @@ def test_joint_training_raises_both_dice(results, seed):
     assert joint["registration_updates"] == 900 and joint["segmentation_updates"] == 330
     assert joint["seg_dice"] >= separate["seg_dice"] + 0.02
     assert joint["reg_dice"] >= separate["reg_dice"] + 0.02
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured F_R Dice 0.441 / 0.426 (joint) and 0.417 / 0.404 (separate) against 0.491 "
+    "without registration (seeds 0 / 1): within 900 updates on images of random contrasts F_R "
+    "does not yet beat the identity on held-out pairs",
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_joint_registration_beats_the_identity(results, seed):
+    joint = results[seed]["joint"]
+    assert joint["reg_dice"] > joint["identity_dice"]

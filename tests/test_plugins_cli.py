@@ -28,6 +28,7 @@ PACKAGES = (
     "regzoo_rcn",
     "regzoo_ddir",
     "regzoo_oar",
+    "regzoo_deepatlas",
     "regzoo_example",
 )
 

@@ -35,7 +35,7 @@ from regzoo import build
 from regzoo.errors import ConfigError
 from regzoo.labels import one_hot
 from regzoo.models import Batch, RegistrationModel, RegistrationOutput
-from regzoo.nn import conv_nd, conv_transpose_nd, max_pool_nd
+from regzoo.nn import conv_nd, conv_transpose_nd, field_head, max_pool_nd
 from regzoo.spatial import warp
 
 from . import DeepAtlasConfig
@@ -71,10 +71,7 @@ class RegistrationNet(nn.Module):
                 "strided": True,
             },
         )
-        self.flow = conv_nd(ndim)(self.unet_model.out_channels, ndim, 3, padding=1)
-        with torch.no_grad():
-            self.flow.weight.normal_(0.0, 1e-5)
-            self.flow.bias.zero_()
+        self.flow = field_head(ndim, self.unet_model.out_channels)
         self.transformer = build("transformer", {"name": "dense"})
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:

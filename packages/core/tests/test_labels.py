@@ -9,11 +9,12 @@ import torch.nn.functional as F
 
 import regzoo
 import regzoo.labels as labels_module
-from regzoo.errors import DataError
+from regzoo.errors import ConfigError, DataError
 from regzoo.labels import (
     BUDGET_ENV,
     LabelTable,
     one_hot,
+    region_table,
     warp_label_probabilities,
     warp_labels,
 )
@@ -145,3 +146,15 @@ def test_models_warp_labels_with_the_width_of_the_label_table():
     assert model(batch).warped_label.shape[1] == 4  # 1 + the largest index in the batch
     model.label_table = LabelTable(VALUES + (7, 9))
     assert model(batch).warped_label.shape[1] == 7  # the table's labels, whatever the batch
+
+
+def test_region_table_maps_each_label_to_its_region_and_checks_the_lists():
+    assert region_table(None, 3).tolist() == [0, 1, 2]
+    assert region_table([[0, 2], [1, 3]]).tolist() == [0, 1, 0, 1]
+    assert region_table([[1], [0]], 2).tolist() == [1, 0]
+    with pytest.raises(ConfigError, match="^synth: regions must hold each label index in"):
+        region_table([[0, 1], [1]], 2, name="synth: regions")
+    with pytest.raises(ConfigError, match="in \\[0, 2\\) once"):
+        region_table([[0, 2], [1]], 2)
+    with pytest.raises(ConfigError, match="leave out label indices \\[1\\]"):
+        region_table([[0, 2]])

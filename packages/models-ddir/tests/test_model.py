@@ -86,7 +86,7 @@ def test_regions_group_labels_and_every_label_needs_a_region():
         _perturbed("ddir", num_regions=3)(batch)
     with pytest.raises(UserError, match="label maps of both images"):
         model({"moving": batch["moving"], "fixed": batch["fixed"]})
-    with pytest.raises(regzoo.errors.ConfigError, match="leaves out"):
+    with pytest.raises(regzoo.errors.ConfigError, match="leave out"):
         regzoo.build("model", {"name": "ddir", "num_regions": 2, "regions": [[0, 2], [3]]})
 
 

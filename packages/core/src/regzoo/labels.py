@@ -18,14 +18,14 @@ follows the number of labels present, never the largest value:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .spatial.warp import warp
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "warp_labels",
     "labels_around",
     "labelled_pairs",
+    "region_table",
 ]
 
 BUDGET_ENV = "REGZOO_ONE_HOT_MAX_GB"
@@ -276,3 +277,33 @@ def labelled_pairs(batch: Mapping[str, Any]) -> torch.Tensor | None:
     for flag in flags[1:]:
         rows = rows & flag.bool()
     return rows.flatten()
+
+
+def region_table(
+    regions: Sequence[Sequence[int]] | None, num_labels: int | None = None, *, name: str = "regions"
+) -> torch.Tensor:
+    """The region of each label index, ``(L,)`` int64, from the label indices of each region.
+
+    ``regions[k]`` lists the labels of region ``k``; ``None`` gives one region per label (then
+    ``num_labels`` is required). ``L`` is ``num_labels`` when given, else the largest listed label
+    plus one. A :class:`~regzoo.errors.ConfigError` naming the setting ``name`` unless every label
+    ``0 .. L-1`` is in exactly one region.
+    """
+    if regions is None:
+        if num_labels is None:
+            raise ValueError("region_table: give num_labels when regions is None")
+        return torch.arange(num_labels)
+    listed = [int(label) for group in regions for label in group]
+    size = num_labels if num_labels is not None else max(listed, default=-1) + 1
+    if any(not 0 <= label < size for label in listed) or len(set(listed)) != len(listed):
+        raise ConfigError(
+            f"{name} must hold each label index in [0, {size}) once, got "
+            f"{[list(group) for group in regions]}"
+        )
+    missing = sorted(set(range(size)) - set(listed))
+    if missing:
+        raise ConfigError(f"{name} leave out label indices {missing}")
+    table = torch.empty(size, dtype=torch.int64)
+    for k, group in enumerate(regions):
+        table[[int(label) for label in group]] = k
+    return table

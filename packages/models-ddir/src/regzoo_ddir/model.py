@@ -36,7 +36,7 @@ from torch import nn
 
 from regzoo import build
 from regzoo.errors import ConfigError, UserError
-from regzoo.labels import one_hot
+from regzoo.labels import one_hot, region_table
 from regzoo.models import Batch, RegistrationModel, RegistrationOutput
 from regzoo.nn import field_head
 from regzoo.spatial import warp
@@ -92,27 +92,12 @@ class RegionNetwork(nn.Module):
 def region_map(regions: Sequence[Sequence[int]] | None, num_regions: int) -> torch.Tensor:
     """The region of each label index ``(L,)`` int64 from the labels of each region (``None``:
     label ``k`` is region ``k``, for ``num_regions`` labels)."""
-    if regions is None:
-        return torch.arange(num_regions)
-    if len(regions) != num_regions:
+    if regions is not None and len(regions) != num_regions:
         raise ConfigError(
             f"ddir: model.regions lists {len(regions)} regions, model.num_regions is {num_regions}"
         )
-    owner: dict[int, int] = {}
-    for k, labels in enumerate(regions):
-        for label in labels:
-            if int(label) < 0 or int(label) in owner:
-                raise ConfigError(
-                    f"ddir: model.regions must list each label index (>= 0) once, got {regions}"
-                )
-            owner[int(label)] = k
-    table = torch.full((max(owner) + 1,), -1)
-    for label, k in owner.items():
-        table[label] = k
-    if bool((table < 0).any()):
-        missing = (table < 0).nonzero().flatten().tolist()
-        raise ConfigError(f"ddir: model.regions leaves out label indices {missing}")
-    return table
+    size = num_regions if regions is None else None
+    return region_table(regions, size, name="ddir: model.regions")
 
 
 class DDIR(RegistrationModel):

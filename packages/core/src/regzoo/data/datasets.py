@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..labels import LabelTable, labels_around
+from ..labels import LabelTable, labels_around, region_table
 from ..metrics.landmarks import sample_field
 from ..registry import Paper, get_registry, register_dataset
 from ..spatial import affine_inverse
@@ -203,7 +203,7 @@ class SynthDataset(Dataset):
             )
         self.pairing = pairing
         self.sliding = deformation == "sliding"
-        self.region_map = _region_map(regions, num_labels)
+        self.region_map = region_table(regions, num_labels, name="synth: regions")
         self.slide_std = float(slide_std)
         self.multimodal = bool(multimodal)
         self.deformation = deformation
@@ -360,26 +360,6 @@ class SynthDataset(Dataset):
         else:
             chosen = torch.randint(len(candidates), (self.landmarks,), generator=g)
         return candidates[chosen].float()
-
-
-def _region_map(regions: Sequence[Sequence[int]] | None, num_labels: int) -> torch.Tensor:
-    """The region of each label ``(num_labels,)`` int64 from lists of labels (``None``: one
-    region per label); a ConfigError unless every label is in exactly one region."""
-    if regions is None:
-        return torch.arange(num_labels)
-    owner = torch.full((num_labels,), -1)
-    for k, group in enumerate(regions):
-        for label in group:
-            if not 0 <= int(label) < num_labels or owner[int(label)] >= 0:
-                raise ConfigError(
-                    f"synth: regions must hold each label in [0, {num_labels}) once, got "
-                    f"{[list(g) for g in regions]}"
-                )
-            owner[int(label)] = k
-    if bool((owner < 0).any()):
-        missing = (owner < 0).nonzero().flatten().tolist()
-        raise ConfigError(f"synth: regions leave out labels {missing}")
-    return owner
 
 
 # Named set-ups of the same generator, for methods made for hard pairs (cascades, pyramids, an

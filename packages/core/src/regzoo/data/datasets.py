@@ -118,7 +118,8 @@ class SynthDataset(Dataset):
             none), ``"affine+smooth"`` or ``"sliding"`` (intra pairs only: the fixed scan is the
             moving one with its ``regions`` sliding against each other, each moved by its own
             random diffeomorphism, then warped as a whole, so ``true_ddf`` is smooth inside each
-            region of the fixed map and torn at region boundaries; see
+            region of the fixed map and torn at region boundaries; both images then lie in
+            ``[0.2, 1]``, tissue brighter than the zeros a region mask leaves; see
             :meth:`~regzoo.data.synth.SynthMorphGenerator.slide`).
         regions: with ``"sliding"``, the labels of each region, a list of lists covering every
             label once; ``None``: each label is its own region.

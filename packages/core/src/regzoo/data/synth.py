@@ -501,8 +501,7 @@ class SynthMorphGenerator:
 
         1. Region ``k`` slides by its own diffeomorphism ``d_k`` (velocity std up to
            ``slide_std`` voxels at scale ``deform_scales``, drawn from ``key`` and ``k``). A voxel
-           ``z`` is
-           claimed by region ``k`` when the moving label at ``z + d_k(z)`` is one of region
+           ``z`` is claimed by region ``k`` when the moving label at ``z + d_k(z)`` is one of region
            ``k``'s; where several regions claim it, the one ranked last in an order drawn per
            pair wins (it slid over the others); where regions pull apart and none claims it, it
            moves with the last-ranked region among its nearest claimed neighbours. Every voxel

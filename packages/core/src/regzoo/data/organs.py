@@ -71,9 +71,7 @@ class OrganGenerator(SynthMorphGenerator):
                 f"{base.num_labels} labels leave fewer than 2 large structures for "
                 f"{len(radii)} organs"
             )
-        self.__dict__.update(vars(base))
-        self._template = None
-        self._subjects = type(base._subjects)()
+        super().__init__(**base.settings)
         self.centres = [tuple(float(c) for c in centre[: base.ndim]) for centre in centres]
         self.radii = [float(r) for r in radii]
 

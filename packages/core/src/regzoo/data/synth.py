@@ -28,6 +28,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -336,6 +337,30 @@ class SynthMorphGenerator:
         self.cache_size = int(cache_size)
         self._template: torch.Tensor | None = None
         self._subjects: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The constructor's arguments: ``type(g)(**g.settings)`` draws what ``g`` draws."""
+        return {
+            "ndim": self.ndim,
+            "size": list(self.shape),
+            "num_labels": self.num_labels,
+            "label_scales": self.label_scales,
+            "subject_std": self.subject_std,
+            "subject_scales": self.subject_scales,
+            "deform_std": self.deform_std,
+            "deform_scales": self.deform_scales,
+            "integration_steps": self.integration_steps,
+            "blur_std": self.blur_std,
+            "bias_std": self.bias_std,
+            "bias_scale": self.bias_scale,
+            "gamma_std": self.gamma_std,
+            "max_rotation": self.max_rotation,
+            "scale_range": self.scale_range,
+            "max_translation": self.max_translation,
+            "cache_size": self.cache_size,
+            "seed": self.seed,
+        }
 
     @property
     def template(self) -> torch.Tensor:

@@ -26,9 +26,6 @@ from regzoo_rcn import SYNTH_LARGE, SYNTH_UNALIGNED
 pytestmark = pytest.mark.slow
 
 SIZE = 64
-# The quick presets' data: large deformations (per-scan velocity std up to 12 voxels), and pairs
-# that are not pre-aligned (a random affine on top of the smooth warp).
-LARGE, UNALIGNED = SYNTH_LARGE, SYNTH_UNALIGNED
 KEYS = ("moving", "fixed", "moving_label", "fixed_label", "true_ddf", "true_affine")
 
 
@@ -103,7 +100,10 @@ def _create(name: str, **overrides) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def cascades():
     """1- and 3-cascade VTN RCNs trained alike on the large-deformation pairs."""
-    train_pairs, test_pairs = pairs(LARGE, "train", TRAIN_PAIRS), pairs(LARGE, "test", TEST_PAIRS)
+    train_pairs, test_pairs = (
+        pairs(SYNTH_LARGE, "train", TRAIN_PAIRS),
+        pairs(SYNTH_LARGE, "test", TEST_PAIRS),
+    )
     dice = {}
     for n in (1, 3):
         model = _create("rcn", n_cascades=n, affine=False, base=VTN)
@@ -140,8 +140,8 @@ def _rms_to_true_affine(theta: torch.Tensor, data: Mapping[str, torch.Tensor]) -
 def unaligned():
     """On pairs that are not pre-aligned: affine-deformable and the same model without the affine
     stem, trained alike; the affine stem alone (``rcn`` with no deformable cascade)."""
-    train_pairs = pairs(UNALIGNED, "train", TRAIN_PAIRS)
-    test_pairs = pairs(UNALIGNED, "test", TEST_PAIRS)
+    train_pairs = pairs(SYNTH_UNALIGNED, "train", TRAIN_PAIRS)
+    test_pairs = pairs(SYNTH_UNALIGNED, "test", TEST_PAIRS)
     results = {}
     for key, overrides in (("affine-deformable", {}), ("deformable only", {"affine": False})):
         model = train(_create("affine-deformable", **overrides), train_pairs, AFFINE_STEPS)

@@ -81,6 +81,7 @@ _CORE_MODULES: tuple[str, ...] = (
     "regzoo.metrics",
     "regzoo.nn",
     "regzoo.data",
+    "regzoo.models.iterative",
 )
 ENTRY_POINT_GROUP = "regzoo.plugins"
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
 from ..models import RegistrationModel, RegistrationOutput
 
 __all__ = ["instance_optimise"]
@@ -32,6 +33,9 @@ def instance_optimise(
         iterations: Adam steps (0: plain inference).
         lr: learning rate; ``model.io_lr`` by default.
 
+    Raises:
+        UserError: ``iterations`` > 0 for a model without weights to optimise.
+
     Returns:
         The refined model's output on ``batch`` (labels included, so ``warped_label`` is there
         when the batch has them) and the objective before each step plus the final value.
@@ -41,6 +45,11 @@ def instance_optimise(
             return model.eval()(batch), []
     tuned = copy.deepcopy(model).eval()
     params = list(tuned.io_parameters())
+    if not params:
+        raise UserError(
+            f"{type(model).__name__} has no weights to instance-optimise: drop --iterations "
+            "(a classical method optimises each pair itself, see its model settings)"
+        )
     tuned.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)

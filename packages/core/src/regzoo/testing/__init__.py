@@ -298,11 +298,14 @@ def check_checkpoint(name: str, ndim: int, model: torch.nn.Module | None = None)
 def check_zero_output(name: str, ndim: int, model: torch.nn.Module | None = None) -> None:
     """With every parameter zero (so every network outputs zero) the transform is the identity.
 
-    This sets the parameters of ``model`` to zero.
+    This sets the parameters of ``model`` to zero. A model without parameters (a classical
+    method: no network) is skipped.
     """
     from ..spatial import warp
 
     model = (model if model is not None else build_for_test(name, ndim)).eval()
+    if not list(model.parameters()):
+        return
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()

@@ -24,11 +24,13 @@ from regzoo.spatial import (
     bspline_kernel,
     bspline_to_ddf,
     compose,
+    compose_affine,
     control_grid_shape,
     integrate_velocity,
     invert,
     jacobian_determinant,
     resize_field,
+    resize_image,
     warp,
 )
 
@@ -370,3 +372,43 @@ def test_affine_inverse_undoes_the_affine():
     there = theta[:, :, :3] @ points + theta[:, :, 3:]
     back = inverse[:, :, :3] @ there + inverse[:, :, 3:]
     torch.testing.assert_close(back, points.expand(2, 3, 10), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_compose_affine_is_the_field_then_the_affine_exactly(shape):
+    """Each fixed voxel ``x`` goes to ``theta(x + ddf(x))``: checked pointwise, and against
+    :func:`compose` (which samples the affine field: equal away from the border)."""
+    ndim = len(shape)
+    g = torch.Generator().manual_seed(3)
+    theta = torch.cat(
+        [torch.eye(ndim) + 0.1 * torch.randn(1, ndim, ndim, generator=g), torch.randn(1, ndim, 1)],
+        dim=2,
+    )
+    ddf = smooth_field(shape, 2.0, seed=8)
+    composed = compose_affine(ddf, theta)
+    centre = torch.tensor([(n - 1) / 2 for n in shape]).view(1, ndim, *[1] * ndim)
+    grid = (
+        torch.stack(
+            torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij")
+        )[None]
+        - centre
+    )
+    moved = grid + ddf
+    expected = torch.einsum("bij,bj...->bi...", theta[:, :, :ndim], moved)
+    expected = expected + theta[:, :, ndim:].view(1, ndim, *[1] * ndim) - grid
+    torch.testing.assert_close(composed, expected, atol=1e-4, rtol=0)
+    inner = interior(4, ndim)
+    sampled = compose(affine_to_ddf(theta, shape), ddf)
+    torch.testing.assert_close(composed[inner], sampled[inner], atol=1e-3, rtol=0)
+
+
+def test_resize_image_keeps_corners_and_smooths_before_shrinking():
+    image = smooth_image((33, 41), seed=2)
+    half = resize_image(image, (17, 21))
+    assert half.shape[2:] == (17, 21)
+    torch.testing.assert_close(
+        half[..., 0, 0], F.avg_pool2d(image, 3, 1, 1, count_include_pad=False)[..., 0, 0]
+    )
+    stripes = torch.tensor([1.0, -1.0]).repeat(16).view(1, 1, 32, 1).expand(1, 1, 32, 8)
+    assert resize_image(stripes.contiguous(), (16, 4)).abs().max() < 0.5  # no aliasing to +-1
+    assert resize_image(image, (33, 41)) is image

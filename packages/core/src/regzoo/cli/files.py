@@ -79,6 +79,19 @@ def _check_trajectory(
         )
 
 
+def _check_affine(affine: bool, similarity: str, trajectory: int | None) -> None:
+    """``--affine`` with a known ``--affine-similarity``; not with ``--trajectory``."""
+    from ..engine.affine import AFFINE_SIMILARITIES
+
+    if similarity not in AFFINE_SIMILARITIES:
+        raise UserError(
+            f"--affine-similarity must be one of {', '.join(AFFINE_SIMILARITIES)}, got "
+            f"{similarity!r}"
+        )
+    if affine and trajectory is not None:
+        raise UserError("--trajectory shows the network's own states; it does not follow --affine")
+
+
 def _pair_ndim(p) -> int:
     """2 or 3, from the headers of a pair's images (checked, data not read)."""
     from ..data.io import image_ndim
@@ -232,6 +245,21 @@ def register_command(
     learn2reg: Annotated[
         bool, typer.Option("--learn2reg", help="Write disp_FIXED_MOVING.nii.gz only.")
     ] = False,
+    affine: Annotated[
+        bool,
+        typer.Option(
+            "--affine",
+            help="Pre-align each pair affinely first (intensity-based); the written field "
+            "composes the affine and the model's field.",
+        ),
+    ] = False,
+    affine_similarity: Annotated[
+        str,
+        typer.Option(
+            "--affine-similarity",
+            help="Similarity of --affine: ncc (same contrast) or mi (different contrasts).",
+        ),
+    ] = "ncc",
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -262,6 +290,7 @@ def register_command(
         raise UserError(f"--lr must be a positive learning rate, got {lr}")
     _check_counts(iterations, samples)
     _check_trajectory(trajectory, iterations, samples, learn2reg)
+    _check_affine(affine, affine_similarity, trajectory)
     for p in todo:
         _check_exists(p.moving, p.fixed, p.moving_seg, p.fixed_seg)
     if learn2reg:
@@ -304,7 +333,9 @@ def register_command(
                 typer.echo(f"{target}: written by an earlier run, skipped (--resume)")
             continue
         loaded = load_pair(p, preprocessing, net.label_table if net.reads_labels else None)
-        result, history = register_pair(net, loaded, steps, samples, runtime.device, lr)
+        result, history = register_pair(
+            net, loaded, steps, samples, runtime.device, lr, affine_similarity if affine else None
+        )
         check_result(p, result, net, 0 if samples else steps, lr)
         states = None
         if trajectory is not None:

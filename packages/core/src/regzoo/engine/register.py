@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -44,6 +44,8 @@ from ..data.preprocess import Preprocessing
 from ..errors import DataError, UserError
 from ..labels import LabelTable
 from ..models import RegistrationModel, RegistrationOutput
+from ..spatial import affine_inverse, affine_to_ddf, compose_affine, warp
+from .affine import affine_align
 from .instance import instance_optimise
 
 __all__ = [
@@ -186,10 +188,18 @@ def register_pair(
     samples: int = 0,
     device: torch.device | str = "cpu",
     lr: float | None = None,
+    affine: str | None = None,
 ) -> tuple[RegistrationOutput, list[float]]:
     """Run ``model`` on a loaded pair, with ``iterations`` steps of instance optimisation.
 
     ``lr`` is the instance optimisation's learning rate (``model.io_lr`` when None).
+
+    ``affine`` (``"ncc"`` or ``"mi"``, :func:`~regzoo.engine.affine.affine_align`) first aligns
+    the moving image affinely with that similarity; the model registers the pre-aligned image
+    (and its label map or mask, nearest), and the output's ``ddf`` and ``warped`` are the model's
+    field followed by the affine (:func:`~regzoo.spatial.compose_affine`), one field from the
+    fixed grid to the original moving image. The model's segmentation of the moving image is
+    taken back to the moving image's pose.
 
     ``samples`` > 0 asks the model's :meth:`~regzoo.models.RegistrationModel.sample` hook
     (e.g. TransMorph-Bayes) for the mean field and a per-voxel uncertainty instead of one forward
@@ -200,10 +210,35 @@ def register_pair(
     maps through :func:`regzoo.labels.warp_labels`.
     """
     batch = {k: v.to(device) for k, v in model.test_inputs(pair.batch).items()}
+    theta = None
+    if affine is not None:
+        theta = affine_align(batch["moving"], batch["fixed"], affine)
+        batch = _pre_aligned(batch, theta)
     if samples:
         with torch.no_grad():
-            return model.sample(batch, int(samples)), []
-    return instance_optimise(model, batch, iterations, lr)
+            out, history = model.sample(batch, int(samples)), []
+    else:
+        out, history = instance_optimise(model, batch, iterations, lr)
+    if theta is None:
+        return out, history
+    ddf = compose_affine(out.ddf.detach(), theta)
+    back = affine_to_ddf(affine_inverse(theta), ddf.shape[2:])
+    moving_seg = None if out.moving_seg is None else warp(out.moving_seg.detach(), back)
+    warped = warp(pair.batch["moving"].to(device), ddf)
+    aligned = replace(out, ddf=ddf, warped=warped, moving_seg=moving_seg, inverse_ddf=None)
+    return aligned, history
+
+
+def _pre_aligned(batch: dict[str, torch.Tensor], theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The batch with its moving image (linear), label map and mask (nearest) warped by
+    ``theta``."""
+    field = affine_to_ddf(theta, batch["fixed"].shape[2:])
+    aligned = dict(batch, moving=warp(batch["moving"], field))
+    for key in ("moving_label", "moving_mask"):
+        if key in batch:
+            maps = warp(batch[key].float(), field, mode="nearest")
+            aligned[key] = maps.to(batch[key].dtype)
+    return aligned
 
 
 def trajectory_of(

@@ -17,11 +17,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..registry import Paper, register_model
-from ..spatial import resize_field, warp
+from ..spatial import resize_field, resize_image, warp
 from .base import Batch, RegistrationModel
 from .objective import RegistrationLoss
 from .output import RegistrationOutput
@@ -35,19 +34,6 @@ AVANTS_2011 = Paper(
     2011,
     "https://doi.org/10.1016/j.neuroimage.2010.09.025",
 )
-
-
-def _downsample(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """``image`` ``(B, C, *S)`` on the coarser grid ``shape`` (corners aligned, as
-    :func:`~regzoo.spatial.resize_field` resamples fields), box-smoothed over about the voxels each
-    coarse voxel covers so that no detail aliases."""
-    if tuple(shape) == tuple(image.shape[2:]):
-        return image
-    half = [max(0, round(s / n) // 2) for s, n in zip(image.shape[2:], shape)]
-    pool = F.avg_pool2d if image.dim() == 4 else F.avg_pool3d
-    smooth = pool(image, [2 * h + 1 for h in half], 1, half, count_include_pad=False)
-    mode = "bilinear" if image.dim() == 4 else "trilinear"
-    return F.interpolate(smooth, size=tuple(shape), mode=mode, align_corners=True)
 
 
 @register_model(
@@ -130,7 +116,7 @@ class Iterative(RegistrationModel):
                     if ddf is None
                     else resize_field(ddf.detach(), size)
                 )
-                m, f = _downsample(moving, size), _downsample(fixed, size)
+                m, f = resize_image(moving, size), resize_image(fixed, size)
                 field = ddf.detach().requires_grad_(True)
                 optimiser = torch.optim.Adam([field], lr=self.lr)
                 for _ in range(steps):

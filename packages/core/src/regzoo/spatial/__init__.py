@@ -10,6 +10,7 @@ from .affine import (
     affine_to_ddf,
     affine_to_normalised,
     affine_to_physical,
+    compose_affine,
 )
 from .bspline import bspline_kernel, bspline_to_ddf, control_grid_shape
 from .fields import (
@@ -19,6 +20,7 @@ from .fields import (
     jacobian_determinant,
     jacobian_matrix,
     resize_field,
+    resize_image,
 )
 from .grid import identity_grid, spatial_shape
 from .warp import sampling_grid, warp
@@ -31,6 +33,7 @@ __all__ = [
     "integrate_velocity",
     "compose",
     "resize_field",
+    "resize_image",
     "invert",
     "jacobian_determinant",
     "jacobian_matrix",
@@ -39,6 +42,7 @@ __all__ = [
     "affine_to_normalised",
     "affine_from_normalised",
     "affine_to_physical",
+    "compose_affine",
     "bspline_kernel",
     "bspline_to_ddf",
     "control_grid_shape",

@@ -15,6 +15,7 @@ from .grid import identity_grid
 
 __all__ = [
     "affine_to_ddf",
+    "compose_affine",
     "affine_inverse",
     "affine_to_normalised",
     "affine_from_normalised",
@@ -91,3 +92,12 @@ def affine_to_physical(theta: torch.Tensor, spacing: Sequence[float]) -> torch.T
     p = torch.tensor(list(spacing), device=theta.device, dtype=theta.dtype)
     a = theta[:, :, :ndim] * p.view(1, -1, 1) / p.view(1, 1, -1)
     return torch.cat([a, theta[:, :, ndim:] * p.view(1, -1, 1)], dim=2)
+
+
+def compose_affine(ddf: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The field ``(B, ndim, *S)`` of ``ddf`` followed by the affine ``theta``: a fixed voxel ``x``
+    goes to ``x + ddf(x)``, which ``theta`` carries into the moving image; exact (no resampling of
+    the affine part), since an affine displacement is linear: ``affine_to_ddf(theta) + A ddf``."""
+    ndim = theta.shape[1]
+    linear = torch.einsum("bij,bj...->bi...", theta[:, :, :ndim], ddf)
+    return affine_to_ddf(theta, ddf.shape[2:]) + linear

@@ -16,6 +16,7 @@ __all__ = [
     "integrate_velocity",
     "compose",
     "resize_field",
+    "resize_image",
     "invert",
     "jacobian_determinant",
     "jacobian_matrix",
@@ -90,6 +91,21 @@ def resize_field(
     out = ddf if size == old else F.interpolate(ddf, size=size, mode=mode, align_corners=True)
     factors = torch.tensor(scales, device=ddf.device, dtype=ddf.dtype)
     return out * factors.view(1, -1, *([1] * len(size)))
+
+
+def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``image`` ``(B, C, *S)`` resampled to ``size`` linearly with corners aligned (the grids of
+    :func:`resize_field`), box-smoothed first over about the voxels each new voxel covers when it
+    shrinks, so that no detail aliases (an image pyramid's levels)."""
+    size = tuple(int(n) for n in size)
+    if size == tuple(image.shape[2:]):
+        return image
+    half = [max(0, round(s / n) // 2) for s, n in zip(image.shape[2:], size)]
+    if any(half):
+        pool = F.avg_pool2d if image.dim() == 4 else F.avg_pool3d
+        image = pool(image, [2 * h + 1 for h in half], 1, half, count_include_pad=False)
+    mode = "bilinear" if image.dim() == 4 else "trilinear"
+    return F.interpolate(image, size=size, mode=mode, align_corners=True)
 
 
 def invert(ddf: torch.Tensor, iterations: int = 20) -> torch.Tensor:

@@ -329,6 +329,38 @@ def _preprocessing_overrides(
     return [f"data.{k}={json.dumps(v)}" for k, v in prep.to_config().items()], note
 
 
+def _evaluated_model(
+    model: str, data: Path | None, weights: Path | None, items: list[str]
+) -> tuple[Any, Any]:
+    """The config and the model that ``evaluate MODEL [--data] [--weights] [key=value]`` measures:
+    a checkpoint's, or a registered name's defaults and preset (with ``--weights`` loaded); with
+    ``--data``, that data preprocessed as the model was trained. The note about preprocessing a
+    given file did not record goes to stderr."""
+    from ..config import resolve_config
+    from ..engine.checkpoint import load_state, load_weights
+    from ..engine.trainer import build_model
+    from ..labels import LabelTable
+
+    note = ""
+    ckpt = read_model_argument(model)
+    if data:
+        preprocessing, note = _preprocessing_overrides(ckpt, model, None if ckpt else weights)
+        items = _data_overrides(data) + preprocessing + items
+    if ckpt is not None:
+        cfg = resolve_config(None, None, items, base=ckpt["config"])
+    else:
+        cfg = resolve_config(model, None, items)
+    net = build_model(cfg, model if ckpt is not None else None)
+    if ckpt is not None:
+        load_state(net, ckpt["state_dict"], model)
+        net.label_table = LabelTable.from_checkpoint(ckpt)
+    if weights is not None:
+        load_weights(net, weights)
+    if note:
+        typer.echo(note, err=True)
+    return cfg, net
+
+
 @app.command("evaluate")
 def evaluate_command(
     model: Annotated[
@@ -361,34 +393,11 @@ def evaluate_command(
     ``--out`` naming a run directory writes into its ``evaluation/`` subfolder, never over the
     run's own files.
     """
-    from ..config import resolve_config
     from ..engine import build_dataset, evaluate, setup_runtime
-    from ..engine.checkpoint import load_state, load_weights
     from ..engine.rundir import make_folder, report_dir
-    from ..engine.trainer import build_model
-    from ..labels import LabelTable
 
-    items, note = list(overrides or []), ""
-    ckpt = read_model_argument(model)
-    if ckpt is not None:
-        if data:
-            preprocessing, note = _preprocessing_overrides(ckpt, model)
-            items = _data_overrides(data) + preprocessing + items
-        cfg = resolve_config(None, None, items, base=ckpt["config"])
-    else:
-        if data:
-            preprocessing, note = _preprocessing_overrides(None, model, weights)
-            items = _data_overrides(data) + preprocessing + items
-        cfg = resolve_config(model, None, items)
     runtime = setup_runtime(device, threads)
-    net = build_model(cfg, model if ckpt is not None else None)
-    if ckpt is not None:
-        load_state(net, ckpt["state_dict"], model)
-        net.label_table = LabelTable.from_checkpoint(ckpt)
-    if weights is not None:
-        load_weights(net, weights)
-    if note:
-        typer.echo(note, err=True)
+    cfg, net = _evaluated_model(model, data, weights, list(overrides or []))
     net.to(runtime.device)
     dataset = build_dataset(cfg, cfg.eval.split)
     if out is not None:
@@ -413,3 +422,105 @@ def evaluate_command(
     _print_summary(res, f"{len(res['cases'])} pairs")
     if out is not None:
         typer.echo(f"report: {out}")
+
+
+@app.command("benchmark")
+def benchmark_command(
+    models: Annotated[
+        list[str],
+        typer.Argument(help="Checkpoints (last.pt) or registered model names, two or more."),
+    ],
+    data: Annotated[Path, typer.Option("--data", help="NIfTI folder or Learn2Reg dataset.json.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the tables and figures.")],
+    max_pairs: Annotated[
+        Optional[int], typer.Option("--max-pairs", help="Measure the first N pairs only.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Finish an interrupted benchmark in --out.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the benchmark in --out.")] = False,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Register every pair of --data with every model and compare them in one table.
+
+    Writes table.md and table.csv (per model and metric: mean, std, median, 30th percentile),
+    cases.csv (every pair), wilcoxon.csv (paired two-sided Wilcoxon signed-rank p-values),
+    box_<metric>.png, overview_<model>.png (the model's median pair) and environment.json
+    (device, threads, versions). Each model sees the pairs preprocessed as it was trained, and
+    is measured as `regzoo evaluate` measures it. Finished pairs are kept as they finish:
+    --resume continues an interrupted benchmark without redoing them.
+    """
+    from ..engine import build_dataset, setup_runtime
+    from ..engine.benchmark import (
+        Contender,
+        check_out,
+        run_benchmark,
+        start_benchmark,
+        summary_table,
+    )
+
+    if len(models) < 2:
+        raise UserError("benchmark compares two or more models; give each checkpoint or name")
+    if len(set(models)) != len(models):
+        raise UserError(f"benchmark: a model is given twice in {models}")
+    if max_pairs is not None and max_pairs < 1:
+        raise UserError(f"--max-pairs must be 1 or more, got {max_pairs}")
+    if resume and force:
+        raise UserError("give --resume or --force, not both")
+    if not data.exists():
+        raise UserError(f"--data: not found: {data}")
+    check_out(out, resume, force)
+    runtime = setup_runtime(device, threads)
+    contenders, metrics = [], None
+    for name in models:
+        cfg, net = _evaluated_model(name, data, None, [])
+        wanted = list(cfg.eval.metrics)
+        if metrics is not None and wanted != metrics:
+            raise UserError(
+                f"{name} is evaluated with metrics {wanted}, {models[0]} with {metrics}; "
+                "a benchmark measures every model alike"
+            )
+        metrics = wanted
+        net.to(runtime.device)
+        contenders.append(Contender(name, net, build_dataset(cfg, cfg.eval.split)))
+    assert metrics is not None
+    start_benchmark(out, models, str(data), metrics, runtime.device, resume)
+    bar = _PairProgress(len(models))
+    report = run_benchmark(
+        contenders, out, runtime.device, metrics, max_pairs, cfg.eval.label_warp, bar.update
+    )
+    bar.close()
+    typer.echo(summary_table(report), nl=False)
+    typer.echo(f"{report['pairs']} pairs, {len(models)} models: {out}")
+
+
+class _PairProgress:
+    """A rich progress bar over models and pairs on a terminal; a line per model otherwise."""
+
+    def __init__(self, models: int) -> None:
+        self.models, self.done_models = models, 0
+        self._bar = None
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()
+            )
+            self._bar.start()
+            self._task = None
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if self._bar is not None:
+            if self._task is None or done == 1:
+                self.done_models += self._task is not None
+                description = f"[{self.done_models + 1}/{self.models}] {label}"
+                self._task = self._bar.add_task(description, total=total)
+            self._bar.update(self._task, completed=done)
+        elif done == total:
+            self.done_models += 1
+            print(f"[{self.done_models}/{self.models}] {label}: {total} pairs", file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

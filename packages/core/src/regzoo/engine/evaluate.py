@@ -28,7 +28,16 @@ from ..models import RegistrationOutput
 from ..registry import build
 from .overview import render_overview
 
-__all__ = ["evaluate", "summarize_cases", "evaluate_case", "check_finite_output"]
+__all__ = [
+    "evaluate",
+    "evaluate_pair",
+    "summarize_cases",
+    "evaluate_case",
+    "check_finite_output",
+    "draw_overview",
+    "split_cases",
+    "figures",
+]
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -101,7 +110,22 @@ def summarize_cases(cases: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, f
     return {k: summarize([float(c[k]) for c in cases if k in c]) for k in keys}
 
 
-def _figures(
+def split_cases(
+    cases: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model's values and the identity's (``before_`` stripped, runtime 0) of each case."""
+    after = [
+        {k: v for k, v in c.items() if k != "pair" and not k.startswith("before_")} for c in cases
+    ]
+    before = [
+        {k[len("before_") :]: v for k, v in c.items() if k.startswith("before_")}
+        | {"runtime_s": 0.0}
+        for c in cases
+    ]
+    return after, before
+
+
+def figures(
     summaries: Mapping[str, Mapping[str, float]],
     cases: Sequence[Mapping[str, Any]],
     metrics: Mapping[str, Any],
@@ -112,6 +136,58 @@ def _figures(
         k: metrics[k].aggregate([c[k] for c in cases if k in c]) if k in metrics else v["mean"]
         for k, v in summaries.items()
     }
+
+
+def _dice_title(case: Mapping[str, Any]) -> str:
+    return f": Dice {case['dice']:.3f}" if "dice" in case else ""
+
+
+def draw_overview(
+    batch: Mapping[str, Any], out: RegistrationOutput, path: Path, title: str
+) -> None:
+    """The overview of a batch's first pair (:func:`render_overview`); one line if unwritable."""
+    try:
+        render_overview(
+            batch["moving"][0], batch["fixed"][0], out.warped[0], out.ddf[0], path, title=title
+        )
+    except OSError as err:
+        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+@torch.no_grad()
+def evaluate_pair(
+    model: torch.nn.Module,
+    batch: Mapping[str, Any],
+    index: int,
+    metrics: Mapping[str, Any],
+    label_warp: str = "nearest",
+    label_table: LabelTable | None = None,
+) -> tuple[dict[str, Any], RegistrationOutput, dict[str, torch.Tensor]]:
+    """Register one pair (a batch of one, on the model's device) and measure it.
+
+    Returns the case (``pair``, the paths, each metric of the model's field, ``runtime_s``, and
+    each metric of the identity prefixed ``before_``), the model's output, and the metric values
+    of the model's field (with ``dice_per_label`` when ``label_table`` is given).
+    """
+    device = batch["fixed"].device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = model(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    runtime = time.perf_counter() - start
+    check_finite_output(out, _pair_name(batch, index))
+    after = evaluate_case(batch, out.ddf, metrics, label_warp, out, label_table)
+    before = evaluate_case(batch, torch.zeros_like(out.ddf), metrics, label_warp)
+    case: dict[str, Any] = {"pair": index}
+    for key in ("moving_path", "fixed_path"):
+        if key in batch:
+            case[key] = batch[key][0]
+    case.update({k: float(v[0]) for k, v in after.items() if k != "dice_per_label"})
+    case["runtime_s"] = runtime
+    case.update({f"before_{k}": float(v[0]) for k, v in before.items()})
+    return case, out, after
 
 
 @torch.no_grad()
@@ -146,56 +222,21 @@ def evaluate(
     try:
         for i, batch in enumerate(DataLoader(dataset, batch_size=1)):
             batch = _to_device(batch, device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            out = model(batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            runtime = time.perf_counter() - start
-            check_finite_output(out, _pair_name(batch, i))
-            after = evaluate_case(batch, out.ddf, built, label_warp, out, table)
+            case, out, after = evaluate_pair(model, batch, i, built, label_warp, table)
             if "dice_per_label" in after:
-                per_label.append(after.pop("dice_per_label")[0])
-            before = evaluate_case(batch, torch.zeros_like(out.ddf), built, label_warp)
+                per_label.append(after["dice_per_label"][0])
             if i == 0 and overview is not None:
-                try:
-                    render_overview(
-                        batch["moving"][0],
-                        batch["fixed"][0],
-                        out.warped[0],
-                        out.ddf[0],
-                        overview,
-                        title=f"pair 0: Dice {float(after['dice'][0]):.3f}"
-                        if "dice" in after
-                        else "pair 0",
-                    )
-                except OSError as err:
-                    raise UserError(f"{overview}: cannot write ({err.strerror or err})") from None
-            case: dict[str, Any] = {"pair": i}
-            for key in ("moving_path", "fixed_path"):
-                if key in batch:
-                    case[key] = batch[key][0]
-            case.update({k: float(v[0]) for k, v in after.items()})
-            case["runtime_s"] = runtime
-            case.update({f"before_{k}": float(v[0]) for k, v in before.items()})
+                draw_overview(batch, out, overview, f"pair 0{_dice_title(case)}")
             cases.append(case)
     finally:
         model.train(was_training)
     if not cases:
         raise DataError("no pairs to evaluate: the evaluation split is empty")
-    after_cases = [
-        {k: v for k, v in c.items() if k != "pair" and not k.startswith("before_")} for c in cases
-    ]
-    before_cases = [
-        {k[len("before_") :]: v for k, v in c.items() if k.startswith("before_")}
-        | {"runtime_s": 0.0}
-        for c in cases
-    ]
+    after_cases, before_cases = split_cases(cases)
     trained, identity = summarize_cases(after_cases), summarize_cases(before_cases)
     result = {
-        "summary": _figures(trained, after_cases, built),
-        "identity": _figures(identity, before_cases, built),
+        "summary": figures(trained, after_cases, built),
+        "identity": figures(identity, before_cases, built),
         "spread": {"summary": trained, "identity": identity},
         "cases": cases,
     }

@@ -10,6 +10,7 @@ for training, step by step (:class:`StepSampler`).
 from .datasets import SynthDataset
 from .files import FilePairDataset, FolderDataset, Learn2RegDataset, Scan
 from .io import ImageInfo, load_ddf, load_image, save_ddf, save_image
+from .lesions import SynthLesionDataset
 from .loader import StepSampler, collate, make_loader
 from .organs import SynthOrgansDataset
 from .preprocess import Preprocessing
@@ -18,6 +19,7 @@ from .synth import SynthMorphGenerator
 __all__ = [
     "SynthDataset",
     "SynthOrgansDataset",
+    "SynthLesionDataset",
     "SynthMorphGenerator",
     "FilePairDataset",
     "FolderDataset",

@@ -13,7 +13,9 @@ instance optimisation). It has no learned weights (:attr:`~RegistrationModel.tra
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,7 +27,7 @@ from .base import Batch, RegistrationModel
 from .objective import RegistrationLoss
 from .output import RegistrationOutput
 
-__all__ = ["Iterative"]
+__all__ = ["Iterative", "IterativeConfig", "DEFAULT_LOSS"]
 
 AVANTS_2011 = Paper(
     "Avants, Tustison, Song, Cook, Klein, Gee",
@@ -36,13 +38,40 @@ AVANTS_2011 = Paper(
 )
 
 
-@register_model(
+#: The objective: VoxelMorph's LNCC (window 9) and Grad (l2), the regulariser weighted 2 (1 folds
+#: about 1% of the voxels of the embedded pairs, 2 about 0.2%, for 0.01 less Dice).
+DEFAULT_LOSS: dict[str, Any] = {
+    "similarity": {"name": "lncc", "window": 9},
+    "regularizer": {"name": "grad", "penalty": "l2"},
+    "reg_weight": 2.0,
+}
+
+
+@dataclass
+class IterativeConfig:
+    """Keyword arguments of :class:`Iterative` with their defaults: ``levels`` (downsampling
+    factors, coarse to fine), ``iterations`` (Adam steps per level), ``lr`` (voxels of the level
+    per step) and ``loss`` (a :class:`~regzoo.models.RegistrationLoss` config)."""
+
+    ndim: int = 2
+    in_channels: int = 1
+    levels: list[int] = field(default_factory=lambda: [4, 2, 1])
+    iterations: list[int] = field(default_factory=lambda: [150, 100, 50])
+    lr: float = 0.2
+    loss: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_LOSS))
+
+
+register_model(
     "iterative",
     summary="Network-free: a dense field optimised per pair (LNCC + Grad, Adam, coarse to fine); "
     "not trainable.",
     paper=AVANTS_2011,
     tags=("2d", "3d", "classical", "unsupervised"),
+    config=IterativeConfig,
+    target="regzoo.models.iterative:Iterative",
 )
+
+
 class Iterative(RegistrationModel):
     """A displacement field optimised for each pair: ``(B, ndim, *S)`` voxels, fixed grid to moving.
 
@@ -69,7 +98,7 @@ class Iterative(RegistrationModel):
         levels: Sequence[int] = (4, 2, 1),
         iterations: Sequence[int] = (150, 100, 50),
         lr: float = 0.2,
-        loss: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] = DEFAULT_LOSS,
     ) -> None:
         super().__init__()
         if len(levels) != len(iterations) or not levels:
@@ -86,17 +115,7 @@ class Iterative(RegistrationModel):
         self.levels = [int(f) for f in levels]
         self.iterations = [int(n) for n in iterations]
         self.lr = float(lr)
-        self.objective_terms = RegistrationLoss(
-            **(
-                loss
-                if loss is not None
-                else {
-                    "similarity": {"name": "lncc", "window": 9},
-                    "regularizer": {"name": "grad", "penalty": "l2"},
-                    "reg_weight": 2.0,
-                }
-            )
-        )
+        self.objective_terms = RegistrationLoss(**loss)
 
     def _level_loss(
         self, moving: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor

@@ -62,6 +62,7 @@ class DeepRSConfig:
     acm_weight: float = 1.0
     ce_weight: float = 1.0
     beta: float = 0.7
+    drc_field: str = "sampled"
 
 
 _NARROW = {

@@ -201,6 +201,7 @@ class DeepRS(RegistrationModel):
         acm_weight: float = _DEFAULTS.acm_weight,
         ce_weight: float = _DEFAULTS.ce_weight,
         beta: float = _DEFAULTS.beta,
+        drc_field: str = _DEFAULTS.drc_field,
     ) -> None:
         super().__init__()
         if num_labels < 2:
@@ -217,6 +218,11 @@ class DeepRS(RegistrationModel):
         self.cc_weight, self.grad_weight = float(cc_weight), float(grad_weight)
         self.acm_weight, self.ce_weight = float(acm_weight), float(ce_weight)
         self.beta = float(beta)
+        if drc_field not in ("sampled", "full"):
+            raise ConfigError(
+                f"deeprs: model.drc_field must be 'sampled' or 'full', got {drc_field!r}"
+            )
+        self.drc_field = drc_field
 
     # -- schedule ---------------------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, Iterable[nn.Parameter]]:
@@ -300,10 +306,10 @@ class DeepRS(RegistrationModel):
         adv = self.confidence_logits(warped, fixed)
         with torch.no_grad():
             fixed_logits = self.seg_net(fixed)
-        sampled = warp(moving, sample_structure(ddf, alpha))
+        region = warped if self.drc_field == "full" else warp(moving, sample_structure(ddf, alpha))
         terms = {
             "adv": F.binary_cross_entropy_with_logits(adv, torch.ones_like(adv)),
-            "drc": drc_loss(self.seg_net(sampled), fixed_logits),
+            "drc": drc_loss(self.seg_net(region), fixed_logits),
             "similarity": self.similarity(warped, fixed),
             "grad": self.regularizer(ddf),
         }

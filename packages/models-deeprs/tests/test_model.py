@@ -140,17 +140,21 @@ def test_acm_loss_trains_only_the_segmentation_network():
 
 def test_region_constraint_compares_every_class_channel():
     a, b = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    expected = sum(
-        (a.softmax(1)[:, k] - b.softmax(1)[:, k]).square().mean() for k in range(4)
-    ) / 4
+    expected = sum((a.softmax(1)[:, k] - b.softmax(1)[:, k]).square().mean() for k in range(4)) / 4
     assert torch.allclose(drc_loss(a, b), expected)
     assert float(drc_loss(a, a)) == 0.0
-    # R's DRC is minimised through the warp, with S's weights held out of R's update.
+    # R's DRC reaches R through the warp m o phi_hat: it depends on alpha, unless
+    # ``drc_field: full`` compares S(m o phi).
     model, batch = _model(), _batch(False, False)
-    ddf = model.reg_net(batch["moving"], batch["fixed"])
-    terms = model.registration_terms(batch, ddf, torch.tensor([0.4, 0.9]))
+    ddf = 0.3 * _field(batch).requires_grad_(True)
+    low, high = torch.tensor([0.2, 0.2]), torch.tensor([0.9, 0.9])
+    terms = model.registration_terms(batch, ddf, low)
     grad = torch.autograd.grad(terms["drc"], ddf)[0]
     assert float(grad.abs().sum()) > 0.0
+    assert not torch.isclose(terms["drc"], model.registration_terms(batch, ddf, high)["drc"])
+    full = model.registration_terms(batch, ddf, torch.ones(2))["drc"]
+    model.drc_field = "full"
+    assert torch.allclose(model.registration_terms(batch, ddf, low)["drc"], full)
 
 
 def test_discriminator_reference_mixes_moving_and_fixed():

@@ -210,7 +210,9 @@ class DeepRS(RegistrationModel):
             raise ConfigError(f"deeprs: model.beta must be in [0, 1], got {beta}")
         self.ndim, self.num_labels = ndim, int(num_labels)
         self.reg_net = RegistrationNet(ndim, in_channels, reg_enc_features, reg_dec_features)
-        self.seg_net = UNetHead(ndim, in_channels, self.num_labels, seg_enc_features, seg_dec_features)
+        self.seg_net = UNetHead(
+            ndim, in_channels, self.num_labels, seg_enc_features, seg_dec_features
+        )
         self.disc_net = UNetHead(ndim, 2 * in_channels, 1, disc_enc_features, disc_dec_features)
         self.similarity = build("loss", {"name": "lncc", "window": window})
         self.regularizer = build("loss", {"name": "grad"})
@@ -279,9 +281,7 @@ class DeepRS(RegistrationModel):
         )
 
     # -- losses -----------------------------------------------------------------------------------
-    def discriminator_terms(
-        self, batch: Batch, sampled: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def discriminator_terms(self, batch: Batch, sampled: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's loss ``-mean log D(x_r, f) - mean log(1 - D(m o phi_hat, f))`` with ``sampled``
         ``m o phi_hat`` ``(B, C, *S)`` (detached here); ``real``, ``fake`` and ``loss``."""
         moving, fixed = batch["moving"], batch["fixed"]
@@ -343,9 +343,7 @@ class DeepRS(RegistrationModel):
         if bool(rows.any()):
             phi_hat = sample_structure(ddf[rows], alpha[rows])
             sampled = warp(moving[rows], phi_hat)
-            labels = warp_label_probabilities(
-                batch["moving_label"][rows], phi_hat, self.num_labels
-            )
+            labels = warp_label_probabilities(batch["moving_label"][rows], phi_hat, self.num_labels)
             if confidence is None:
                 with torch.no_grad():
                     conf = self.confidence(sampled, fixed[rows])
@@ -408,9 +406,7 @@ class DeepRS(RegistrationModel):
         ) + self.grad_weight * self.regularizer(out.ddf)
 
     # -- training ---------------------------------------------------------------------------------
-    def training_step(
-        self, batch: Batch, optim: Optimizers, step: int
-    ) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Batch, optim: Optimizers, step: int) -> dict[str, torch.Tensor]:
         """One step: D, then R, then S, one update each (1:1:1), one ``alpha`` per sample shared
         by the three. Returns the terms prefixed ``disc_`` / ``reg_`` / ``seg_``; ``loss`` R's."""
         moving = batch["moving"]

@@ -112,7 +112,7 @@ def test_confidence_of_ones_is_plain_cross_entropy_on_the_warped_labels():
     # The map weights each voxel: zero confidence silences the term, a half halves it, and D's
     # own map (the default) gives another value.
     zero = model.segmentation_terms(batch, ddf, alpha, confidence=torch.zeros_like(ones))
-    assert float(zero["acm"]) == 0.0
+    assert float(zero["acm"].detach()) == 0.0
     half = model.segmentation_terms(batch, ddf, alpha, confidence=0.5 * ones)
     assert torch.allclose(half["acm"], 0.5 * expected, rtol=1e-5)
     own = model.segmentation_terms(batch, ddf, alpha)["acm"]

@@ -166,7 +166,7 @@ def test_discriminator_reference_mixes_moving_and_fixed():
     d_fake = model.confidence(sampled, batch["fixed"])
     assert torch.allclose(terms["real"], -d_real.log().mean(), rtol=1e-4)
     assert torch.allclose(terms["fake"], -(1 - d_fake).log().mean(), rtol=1e-4)
-    conf = model.confidence(sampled, batch["fixed"])
+    conf = model.confidence(sampled, batch["fixed"]).detach()
     assert conf.shape == (2, 1, *batch["moving"].shape[2:])
     assert 0.0 < float(conf.min()) and float(conf.max()) < 1.0
 

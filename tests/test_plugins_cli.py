@@ -29,6 +29,7 @@ PACKAGES = (
     "regzoo_ddir",
     "regzoo_oar",
     "regzoo_deepatlas",
+    "regzoo_jrss",
     "regzoo_example",
 )
 

@@ -150,6 +150,22 @@ def test_each_stage_updates_its_networks():
     assert changed == {"reg_net", "seg_net", "ema_net"}
 
 
+@pytest.mark.parametrize("fresh", [True, False])
+def test_each_round_starts_the_student_optimiser_afresh(fresh):
+    """With ``fresh_optimizer`` the student's Adam state restarts at each teacher renewal (the
+    loss changes from soft Dice to ``L_c + L_u + L_d``); the registration's does not."""
+    model = _model(teacher_steps=2, round_steps=2, fresh_optimizer=fresh)
+    optim, batch = _optim(model), _batch(True, True)
+    for step in range(3):
+        model.training_step(batch, optim, step)
+
+    def count(name: str) -> int:
+        return int(next(iter(optim[name].state.values()))["step"])
+
+    assert count("segmentation") == (1 if fresh else 3)
+    assert count("registration") == 3
+
+
 def test_registration_dice_uses_pseudo_labels():
     """In a round, pairs without manual labels still give the registration a Dice term (the
     teacher's pseudo-labels); in the teacher stage they do not."""

@@ -40,7 +40,8 @@ class JRSSConfig:
     student's noise (dropout before the classifier); ``threshold``: tau, the confidence a
     pseudo-labelled voxel needs; ``ema_decay``: the teacher's EMA decay per student update;
     ``teacher_steps``: steps training the first teacher on the labelled images;
-    ``rounds`` x ``round_steps``: the self-training rounds.
+    ``rounds`` x ``round_steps``: the self-training rounds; ``fresh_optimizer``: restart the
+    student's optimiser state with each teacher.
     """
 
     ndim: int = 2
@@ -62,6 +63,7 @@ class JRSSConfig:
     teacher_steps: int = 2000
     rounds: int = 3
     round_steps: int = 2000
+    fresh_optimizer: bool = True
 
 
 # quick: 2D 64x64 embedded data with a contrast per image, 20 training subjects of which 5 are

@@ -24,6 +24,11 @@ Schedule (:meth:`JRSS.stage`, a pure function of the step):
    the kept voxels. The registration network minimises ``L_i + L_r + L_d`` with the Dice of the
    warped moving (pseudo-)labels against the fixed ones over voxels kept on both sides. After
    each round the EMA of the student becomes the teacher.
+
+With ``fresh_optimizer`` (default) the student's optimiser state restarts with each teacher:
+Adam's second-moment estimate from the soft-Dice stage is far smaller than the cross-entropy's
+gradients, and carrying it over made the first updates of round 1 large enough to drop the
+student's Dice from 0.39 to 0.20 (measured on the 2D few-label data of the tests).
 """
 
 from __future__ import annotations
@@ -151,6 +156,8 @@ class JRSS(RegistrationModel):
         teacher_steps: steps training the first teacher on the labelled images.
         rounds: self-training rounds (steps past the last round stay in it).
         round_steps: steps per round.
+        fresh_optimizer: restart the student's optimiser state (e.g. Adam's moments) when a
+            teacher is renewed.
     """
 
     def __init__(
@@ -174,6 +181,7 @@ class JRSS(RegistrationModel):
         teacher_steps: int = _DEFAULTS.teacher_steps,
         rounds: int = _DEFAULTS.rounds,
         round_steps: int = _DEFAULTS.round_steps,
+        fresh_optimizer: bool = _DEFAULTS.fresh_optimizer,
     ) -> None:
         super().__init__()
         if num_labels < 2:
@@ -209,6 +217,7 @@ class JRSS(RegistrationModel):
         self.threshold, self.ema_decay = float(threshold), float(ema_decay)
         self.teacher_steps, self.rounds = int(teacher_steps), int(rounds)
         self.round_steps = int(round_steps)
+        self.fresh_optimizer = bool(fresh_optimizer)
 
     # -- schedule ---------------------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, Iterable[nn.Parameter]]:
@@ -452,4 +461,6 @@ class JRSS(RegistrationModel):
             return self._teacher_step(batch, optim)
         if int(self.teacher_round) < round_index:
             self.renew_teacher(round_index)
+            if self.fresh_optimizer:
+                optim["segmentation"].state.clear()
         return self._round_step(batch, optim)

@@ -191,6 +191,17 @@ def test_registration_dice_uses_pseudo_labels():
     assert all(p.grad is None for p in model.seg_net.parameters())
 
 
+def test_label_free_objective_is_similarity_and_smoothness():
+    """Instance optimisation's objective (labels removed, their flags kept) has no label term."""
+    model, batch = _model(), _batch(True, True)
+    out = model(batch)
+    unlabelled = {k: v for k, v in batch.items() if k not in ("moving_label", "fixed_label")}
+    terms = model.loss(unlabelled, out)
+    assert set(terms) == {"similarity", "smoothness", "loss"}
+    torch.testing.assert_close(model.objective(batch, out), terms["loss"])
+    assert {"dice", "supervised"} <= set(model.loss(batch, out))
+
+
 def test_bad_config_is_one_clear_error():
     with pytest.raises(ConfigError, match="ema_decay"):
         _model(ema_decay=1.5)

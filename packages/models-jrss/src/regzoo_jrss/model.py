@@ -271,9 +271,10 @@ class JRSS(RegistrationModel):
     @staticmethod
     def labelled(batch: Batch, side: str) -> torch.Tensor:
         """Which ``side`` (``moving`` / ``fixed``) images carry a manual label map ``(B,)`` bool:
-        the batch's flag, else every image when the batch has the side's labels, else none."""
+        none when the batch has no label maps of that side (as for the label-free objective),
+        else the batch's flag, else every image."""
         size, device = batch[side].shape[0], batch[side].device
-        if f"{side}_labelled" in batch:
+        if f"{side}_label" in batch and f"{side}_labelled" in batch:
             return batch[f"{side}_labelled"].bool().flatten().to(device)
         return torch.full((size,), f"{side}_label" in batch, dtype=torch.bool, device=device)
 
@@ -339,9 +340,8 @@ class JRSS(RegistrationModel):
         terms = {key: log_p.new_zeros(()) for key in ("ce", "kl", "dice")}
         for rows in groups:
             y, w, q, lp = targets.y[rows], targets.w[rows], targets.q[rows], log_p[rows]
-            terms["ce"] = terms["ce"] - ((y * lp).sum(1, keepdim=True) * w).sum() / w.sum().clamp(
-                min=1.0
-            )
+            nll = -(y * lp).sum(1, keepdim=True)
+            terms["ce"] = terms["ce"] + (nll * w).sum() / w.sum().clamp(min=1.0)
             terms["kl"] = terms["kl"] + (q * (q.clamp(min=1e-8).log() - lp)).sum(1).mean()
             terms["dice"] = terms["dice"] + self.masked_dice(lp.exp(), y, w)
         terms["loss"] = (
@@ -389,11 +389,16 @@ class JRSS(RegistrationModel):
         ``supervised`` (the labelled images' segmentation Dice); ``loss`` their weighted sum."""
         moving, fixed = self.targets(batch, "moving", None), self.targets(batch, "fixed", None)
         terms = self.registration_terms(batch, out.ddf, moving, fixed)
-        rows = [self.labelled(batch, side) for side in ("moving", "fixed")]
-        if any(bool(r.any()) for r in rows):
-            probs = torch.cat([out.moving_seg[rows[0]], out.fixed_seg[rows[1]]]).softmax(1)
-            labels = torch.cat([batch["moving_label"][rows[0]], batch["fixed_label"][rows[1]]])
-            terms["supervised"] = self.dice(probs, one_hot(labels, self.num_labels, probs.dtype))
+        logits, labels = [], []
+        for side, seg in (("moving", out.moving_seg), ("fixed", out.fixed_seg)):
+            rows = self.labelled(batch, side)
+            if bool(rows.any()):
+                logits.append(seg[rows])
+                labels.append(batch[f"{side}_label"][rows])
+        if logits:
+            probs = torch.cat(logits).softmax(1)
+            target = one_hot(torch.cat(labels), self.num_labels, probs.dtype)
+            terms["supervised"] = self.dice(probs, target)
             terms["loss"] = terms["loss"] + self.seg_dice_weight * terms["supervised"]
         return terms
 

@@ -30,6 +30,7 @@ PACKAGES = (
     "regzoo_oar",
     "regzoo_deepatlas",
     "regzoo_deeprs",
+    "regzoo_jrss",
     "regzoo_tumourreg",
     "regzoo_example",
 )
